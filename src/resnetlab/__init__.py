@@ -1,0 +1,42 @@
+"""resnetlab: residual networks on PyTorch, from the d2l chapter's ResNet-18 to the ResNet family.
+
+Quick start::
+
+    import resnetlab
+    net = resnetlab.d2l_resnet18()              # the seed's network, 1 channel, 10 classes
+    print(resnetlab.summary(net, (1, 1, 256, 256)))
+    model = resnetlab.create_model("resnet50", num_classes=10)
+"""
+
+from .errors import ResnetlabError
+from .models import (
+    BasicBlock,
+    Bottleneck,
+    D2LResNet,
+    Residual,
+    ResNet,
+    UnknownModelError,
+    create_model,
+    d2l_resnet18,
+    list_models,
+    model_spec,
+    register_model,
+    resnet18,
+    resnet34,
+    resnet50,
+    resnet101,
+    resnet152,
+    resnet_block,
+    resnext50_32x4d,
+    wide_resnet50_2,
+)
+from .summarize import ModelSummary, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasicBlock", "Bottleneck", "D2LResNet", "ModelSummary", "Residual", "ResNet", "ResnetlabError",
+    "UnknownModelError", "__version__", "create_model", "d2l_resnet18", "list_models", "model_spec",
+    "register_model", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_block",
+    "resnext50_32x4d", "summary", "wide_resnet50_2",
+]

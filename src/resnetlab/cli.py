@@ -1,0 +1,105 @@
+"""The ``resnetlab`` command line: it parses arguments and calls the library, nothing more.
+
+A mistake the user can make ends as one line on stderr naming the culprit and the fix, with exit
+status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn, Sequence
+
+from . import __version__
+from .errors import ResnetlabError
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a single line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def parse_input_size(text: str) -> tuple[int, int, int, int]:
+    """Parse ``N,C,H,W`` into four positive integers, or raise :class:`ResnetlabError`."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        dims = ()
+    if len(dims) != 4 or min(dims) < 1:
+        raise ResnetlabError(
+            f"--input-size {text!r} is not four positive integers N,C,H,W; write it like 1,1,256,256"
+        )
+    return dims  # type: ignore[return-value]
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .models import create_model, model_spec
+    from .summarize import summary
+
+    spec = model_spec(args.model)
+    model = create_model(args.model)
+    if args.input_size is None:
+        size = (1, model.in_channels, spec.image_size, spec.image_size)
+    else:
+        size = parse_input_size(args.input_size)
+        if size[1] != model.in_channels:
+            raise ResnetlabError(
+                f"--input-size {args.input_size!r} has {size[1]} channel(s) but {args.model} takes "
+                f"{model.in_channels}; use N,{model.in_channels},H,W"
+            )
+    if args.depth < 1:
+        raise ResnetlabError(f"--depth {args.depth} must be at least 1")
+    try:
+        report = summary(model, size, depth=args.depth)
+    except RuntimeError as exc:
+        # Too small an image makes a conv or pool fail deep inside torch; say which flag to change.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResnetlabError(
+            f"--input-size {','.join(map(str, size))} does not fit {args.model} ({first_line}); "
+            f"try a larger H,W such as {spec.image_size},{spec.image_size}"
+        ) from None
+    print(report)
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models, model_spec
+
+    for name in list_models():
+        print(f"{name}\t{model_spec(name).image_size}px")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with one sub-command per task."""
+    parser = _Parser(prog="resnetlab", description="Residual networks on PyTorch: build, inspect, train.")
+    parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("summary", help="print a model's shape trace and per-layer table")
+    p.add_argument("model", metavar="MODEL", help="a registered model name (see 'resnetlab models')")
+    p.add_argument("--input-size", metavar="N,C,H,W", help="input batch shape (default: the model's natural one)")
+    p.add_argument("--depth", type=int, default=2, help="nesting depth of the table (default: 2)")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("models", help="list the registered models and their natural image sizes")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ResnetlabError as exc:
+        print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run() -> NoReturn:
+    """Console-script entry point: exit with :func:`main`'s status."""
+    sys.exit(main())
