@@ -1,10 +1,71 @@
-"""Shared test set-up: tests run on the CPU, with few threads, so the suite fits 2 cores."""
+"""Shared test set-up: CPU only, few threads, and a tiny generated Fashion-MNIST look-alike.
 
+The tiny data set has the real files' names and IDX format but only a few hundred 28x28 images,
+drawn so that each class is learnable (a class-specific bar pattern plus noise); tests that need
+the real Fashion-MNIST skip where it is not installed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 # Let test modules import each other's constants (e.g. the seed's trace in test_blocks).
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+REAL_DATA = Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` as an IDX file (gzip-compressed when ``compress``)."""
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` learnable 28x28 images: class k is a bright bar at row band k, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    rng.shuffle(labels)
+    images = rng.integers(0, 60, size=(n, 28, 28)).astype(np.uint8)
+    for i, k in enumerate(labels):
+        images[i, 2 + 2 * k : 4 + 2 * k, 4:24] = 220
+    return images, labels.astype(np.uint8)
+
+
+def write_fashion_mnist(folder: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    """Write the four Fashion-MNIST file names with generated content into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = make_images(n, seed)
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A folder holding a tiny generated Fashion-MNIST (600 train, 200 test images)."""
+    return write_fashion_mnist(tmp_path_factory.mktemp("fmnist"))
+
+
+@pytest.fixture
+def real_data() -> Path:
+    """Debian's Fashion-MNIST folder; the test is skipped where it is not installed."""
+    if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    return REAL_DATA

@@ -73,6 +73,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data import download_fashion_mnist
+    from .data.download import DEFAULT_URL
+
+    folder = download_fashion_mnist(args.dir, base_url=args.url or DEFAULT_URL, retries=args.retries)
+    print(f"Fashion-MNIST is in {folder}; train on it with: resnetlab train --data {folder}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .engine import fit
+    from .engine.train_config import config_from_args
+
+    config, note = config_from_args(args)
+    if note:
+        print(note)
+    fit(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per task."""
     parser = _Parser(prog="resnetlab", description="Residual networks on PyTorch: build, inspect, train.")
@@ -87,12 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models and their natural image sizes")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a model on Fashion-MNIST (presets: d2l, cpu, fast, best)")
+    from .engine.train_config import add_train_arguments
+
+    add_train_arguments(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("download", help="download a data set, checked against known SHA-256 sums")
+    p.add_argument("dataset", choices=["fashion-mnist"], help="the data set (only fashion-mnist)")
+    p.add_argument("dir", metavar="DIR", help="folder to put the four files in")
+    p.add_argument("--url", metavar="BASE", help="base URL holding the four .gz files")
+    p.add_argument("--retries", type=int, default=3, help="tries per file (default: 3)")
+    p.set_defaults(func=_cmd_download)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return args.func(args)
     except ResnetlabError as exc:

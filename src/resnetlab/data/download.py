@@ -1,0 +1,100 @@
+"""``resnetlab download fashion-mnist DIR``: fetch the four files over HTTP(S), checked and atomic.
+
+Each file is checked against the SHA-256 of its *decompressed* IDX content. Upstream's and
+Debian's ``.gz`` files differ as bytes (Debian's gzip headers omit the original file name) but
+hold the same data, so checking the content accepts both and still rejects any corruption.
+A file is written to a temporary name in the target folder and renamed into place only once it
+has passed; on failure nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .idx import DataError
+
+DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# SHA-256 of the decompressed IDX files.
+CONTENT_SHA256 = {
+    "train-images-idx3-ubyte.gz": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte.gz": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte.gz": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte.gz": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+_CHUNK = 1 << 20
+
+
+def content_sha256(path: Path) -> str:
+    """SHA-256 of a gzip file's decompressed content; raises :class:`DataError` if it is not gzip."""
+    digest = hashlib.sha256()
+    try:
+        with gzip.open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                digest.update(chunk)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path.name}: not a valid gzip file ({exc})") from None
+    return digest.hexdigest()
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> None:
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def download_fashion_mnist(
+    target: str | os.PathLike[str],
+    base_url: str = DEFAULT_URL,
+    retries: int = 3,
+    timeout: float = 60.0,
+    log=print,
+) -> Path:
+    """Download the four Fashion-MNIST files into ``target``; return the folder.
+
+    Files already present with the right content are kept. Each download is tried up to
+    ``retries`` times (with a short back-off); a file whose content does not match its known
+    SHA-256 is deleted and, after the last try, reported as a :class:`DataError`.
+    """
+    folder = Path(target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create {folder} ({exc.strerror}); choose a writable folder") from None
+    base = base_url if base_url.endswith("/") else base_url + "/"
+    for name, expected in CONTENT_SHA256.items():
+        final = folder / name
+        if final.is_file() and content_sha256(final) == expected:
+            log(f"{name}: present, checksum ok")
+            continue
+        last_problem = ""
+        for attempt in range(1, retries + 1):
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+            os.close(fd)
+            tmp = Path(tmp_name)
+            try:
+                _fetch(base + name, tmp, timeout)
+                if content_sha256(tmp) == expected:
+                    os.replace(tmp, final)
+                    log(f"{name}: downloaded, checksum ok")
+                    break
+                last_problem = "its content does not match the known SHA-256"
+            except DataError as exc:
+                last_problem = str(exc)
+            except (urllib.error.URLError, OSError, TimeoutError) as exc:
+                last_problem = f"download failed ({getattr(exc, 'reason', exc)})"
+            finally:
+                tmp.unlink(missing_ok=True)
+            if attempt < retries:
+                time.sleep(min(2.0 ** (attempt - 1), 10.0) * 0.5)
+        else:
+            raise DataError(f"{base + name}: {last_problem} after {retries} tries; check --url or try again later")
+    return folder

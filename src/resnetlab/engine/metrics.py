@@ -1,0 +1,62 @@
+"""Per-epoch metrics: ``metrics.csv`` and the book-style ``curves.png``, both rewritten atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from ..fileio import atomic_path, write_text
+
+COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "examples_per_sec", "seconds"]
+
+
+def write_csv(path: str | os.PathLike[str], rows: list[dict[str, float | int | None]]) -> None:
+    """Write the metric rows (dicts keyed by :data:`COLUMNS`; None for an empty cell)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else _fmt(row[k])) for k in COLUMNS})
+    write_text(path, buf.getvalue())
+
+
+def _fmt(value: float | int) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.6g}"
+
+
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, float | None]]:
+    """Read ``metrics.csv`` back into rows of floats (None for an empty cell)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int | None]], title: str = "") -> None:
+    """Draw train loss, train acc and val/test acc against epochs in one plot, as d2l's Animator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    epochs = [r["epoch"] for r in rows]
+    for key, label, style in [
+        ("train_loss", "train loss", "-"),
+        ("train_acc", "train acc", "m--"),
+        ("val_acc", "val acc", "g-."),
+        ("test_acc", "test acc", "r:"),
+    ]:
+        points = [(e, r[key]) for e, r in zip(epochs, rows) if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), style, label=label, marker="o" if len(points) == 1 else None)
+    ax.set_xlabel("epoch")
+    ax.set_xlim(0.5 if len(epochs) < 2 else 1, max(epochs) if epochs else 1)
+    ax.grid(True)
+    ax.legend()
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

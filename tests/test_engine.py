@@ -1,0 +1,168 @@
+"""The training engine on tiny data: learning, the d2l preset, schedules, config, run folder files."""
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab.engine import TrainConfig, fit, from_preset, read_metadata
+from resnetlab.engine.checkpoint import build_from_weights
+from resnetlab.engine.config import load_config_file, validate
+from resnetlab.engine.metrics import COLUMNS
+from resnetlab.engine.train import build_model, lr_factor, make_optimizer
+from resnetlab.errors import ResnetlabError
+from resnetlab.models import D2LResNet
+
+
+def tiny(data, tmp_path, **changes):
+    """A fast CPU config on the tiny data set."""
+    values = dict(
+        data=str(data), model="resnet18", image_size=28, val_split=100, limit_train=500, batch_size=50,
+        epochs=2, optimizer="sgd", lr=0.02, momentum=0.9, out=str(tmp_path / "run"), precision="fp32",
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def quiet(_):
+    pass
+
+
+def test_loss_falls_on_512_images(real_data, tmp_path):
+    # The real Fashion-MNIST, its first 512 training images, 4 epochs on the CPU.
+    config = TrainConfig(
+        data=str(real_data), model="resnet18", image_size=28, val_split=0, limit_train=512, limit_test=256,
+        batch_size=64, epochs=4, optimizer="sgd", lr=0.05, momentum=0.9, out=str(tmp_path / "r"), precision="fp32",
+    )
+    result = fit(config, log=quiet)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert result.test_acc > 0.5
+
+
+def test_learns_tiny_data(tiny_data, tmp_path):
+    result = fit(tiny(tiny_data, tmp_path, epochs=4, flip=True), log=quiet)  # a crop would blur the 2-px class bands
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert result.best_val_acc >= 0.9 and result.test_acc >= 0.9
+
+
+def test_d2l_preset_is_the_book():
+    c = from_preset("d2l")
+    assert (c.model, c.init, c.optimizer, c.lr, c.momentum, c.weight_decay) == ("d2l_resnet18", "xavier", "sgd", 0.05, 0.0, 0.0)
+    assert (c.batch_size, c.image_size, c.epochs, c.schedule) == (256, 96, 10, "constant")
+    assert (c.normalize, c.crop_padding, c.flip, c.erase_prob, c.label_smoothing) == (False, 0, False, 0.0, 0.0)
+    assert c.val_split == 0 and c.test_each_epoch and c.limit_train is None
+    torch.manual_seed(0)
+    model = build_model(c, in_channels=1, num_classes=10)
+    assert isinstance(model, D2LResNet) and sum(p.numel() for p in model.parameters()) == 11_178_378
+    # Xavier-uniform: every conv and linear weight lies within its bound sqrt(6 / (fan_in + fan_out)).
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(m.weight)
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert m.weight.abs().max() <= bound
+            assert m.weight.abs().max() > 0.9 * bound  # uniform over the whole range, not PyTorch's default
+    opt = make_optimizer(c, model)
+    assert isinstance(opt, torch.optim.SGD)
+    assert all(g["lr"] == 0.05 and g["momentum"] == 0 and g["weight_decay"] == 0 for g in opt.param_groups)
+
+
+def test_schedules():
+    c = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
+    assert lr_factor(0, c, 10) == pytest.approx(0.1)
+    assert lr_factor(9, c, 10) == pytest.approx(1.0)
+    assert lr_factor(10, c, 10) == pytest.approx(1.0)
+    assert lr_factor(55, c, 10) == pytest.approx(0.5)
+    assert lr_factor(99, c, 10) < 0.001
+    one = c.replace(schedule="onecycle")
+    assert lr_factor(55, one, 10) == pytest.approx(0.5) and lr_factor(99, one, 10) == pytest.approx(1 / 90)
+    step = TrainConfig(epochs=10, schedule="step", step_epochs=3, step_gamma=0.5)
+    assert [lr_factor(e * 10, step, 10) for e in (0, 3, 6, 9)] == [1, 0.5, 0.25, 0.125]
+    assert lr_factor(77, TrainConfig(), 10) == 1.0
+
+
+def test_weight_decay_skips_norms_and_biases():
+    model = build_model(TrainConfig(model="resnet18"), 1, 10)
+    opt = make_optimizer(TrainConfig(weight_decay=5e-4, optimizer="adamw"), model)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in decayed["params"])
+    assert plain["weight_decay"] == 0 and all(p.ndim == 1 for p in plain["params"])
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_config_round_trip(tmp_path):
+    c = from_preset("d2l").replace(model_args={"stem": "small"}, grad_clip=1.0, out="x")
+    path = tmp_path / "c.json"
+    path.write_text(c.to_json())
+    assert TrainConfig.from_dict(load_config_file(path)) == c
+    yaml_path = tmp_path / "c.yaml"
+    yaml_path.write_text("preset: d2l\nepochs: 3\nlr: 0.1\nmodel_args: {stem: small}\n")
+    loaded = TrainConfig.from_dict(load_config_file(yaml_path))
+    assert (loaded.epochs, loaded.lr, loaded.model_args) == (3, 0.1, {"stem": "small"})
+
+
+def test_config_rejects_bad_values(tmp_path):
+    with pytest.raises(ResnetlabError, match="unknown config field.*colour"):
+        TrainConfig.from_dict({"colour": 1})
+    with pytest.raises(ResnetlabError, match="'epochs' must be int"):
+        TrainConfig.from_dict({"epochs": "ten"})
+    with pytest.raises(ResnetlabError, match="'flip' must be bool"):
+        TrainConfig.from_dict({"flip": 1})
+    for field, value, message in [
+        ("epochs", -1, "--epochs -1 must be at least 1"),
+        ("batch_size", 0, "--batch-size 0 must be at least 1"),
+        ("lr", 0.0, "--lr 0.0 must be positive"),
+        ("erase_prob", 1.5, "--erase-prob 1.5"),
+        ("schedule", "linear", "--schedule 'linear' is not one of"),
+        ("val_split", -3, "--val-split -3 must not be negative"),
+    ]:
+        with pytest.raises(ResnetlabError, match=message.replace("(", r"\(")):
+            validate(TrainConfig().replace(**{field: value}))
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ResnetlabError, match="not valid JSON"):
+        load_config_file(bad)
+
+
+def test_run_folder(tiny_data, tmp_path):
+    config = tiny(tiny_data, tmp_path, test_each_epoch=True, ema_decay=0.9, tta=True, label_smoothing=0.1,
+                  schedule="onecycle", warmup_epochs=1, grad_clip=5.0, nesterov=True)
+    lines = []
+    result = fit(config, log=lines.append)
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.iterdir()) == sorted(
+        ["config.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors", "results.json"]
+    )
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+    with open(run / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(r["val_acc"] and r["test_acc"] and float(r["examples_per_sec"]) > 0 for r in rows)
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    meta = read_metadata(run / "best.safetensors")
+    assert meta["model"] == "resnet18" and meta["model_args"] == {"in_channels": 1, "num_classes": 10}
+    assert meta["class_names"][0] == "T-shirt/top" and meta["input_size"] == [1, 28, 28]
+    assert set(meta["normalization"]) == {"mean", "std"} and meta["versions"]["torch"] == torch.__version__
+    assert meta["config"]["ema_decay"] == 0.9 and int(meta["epoch"]) == result.best_epoch
+    model, _ = build_from_weights(run / "last.safetensors")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # The book's two closing lines.
+    assert lines[-2] == f"loss {result.train_loss:.3f}, train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}"
+    assert lines[-1].endswith(" examples/sec on cpu") and float(lines[-1].split()[0]) > 0
+    assert json.loads((run / "results.json").read_text())["test_acc"] == result.test_acc
+
+
+def test_refuses_to_overwrite_a_run(tiny_data, tmp_path):
+    fit(tiny(tiny_data, tmp_path, epochs=1), log=quiet)
+    with pytest.raises(ResnetlabError, match="already holds a run"):
+        fit(tiny(tiny_data, tmp_path, epochs=1), log=quiet)
+
+
+def test_best_epoch_follows_validation_not_test(tiny_data, tmp_path):
+    result = fit(tiny(tiny_data, tmp_path, epochs=3, test_each_epoch=True), log=quiet)
+    val = [row["val_acc"] for row in result.history]
+    assert result.best_epoch == val.index(max(val)) + 1
