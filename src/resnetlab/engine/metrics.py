@@ -26,12 +26,6 @@ def _fmt(value: float | int) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
-def read_csv(path: str | os.PathLike[str]) -> list[dict[str, float | None]]:
-    """Read ``metrics.csv`` back into rows of floats (None for an empty cell)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int | None]], title: str = "") -> None:
     """Draw train loss, train acc and val/test acc against epochs in one plot, as d2l's Animator."""
     import matplotlib
