@@ -179,6 +179,74 @@ class _Ema:
         return self.averaged.module
 
 
+@dataclass
+class Training:
+    """What one optimisation step needs, held together: the model, its optimiser, schedule and EMA."""
+
+    config: TrainConfig
+    model: nn.Module
+    step_model: nn.Module  # the model, or its torch.compile wrapper, called in training steps
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    ema: _Ema | None
+    device: torch.device
+    bf16: bool
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA when there is one, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on a batch; returns the (detached) loss and logits."""
+        with _autocast(self.device, self.bf16):
+            logits = self.step_model(x)
+            loss = self.criterion(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss.detach(), logits.detach()
+
+    def train_epoch(self, loader: DeviceLoader, epoch: int) -> dict[str, float]:
+        """Run one epoch of steps; return mean loss, accuracy, images seen and seconds.
+
+        Loss and accuracy are summed on the device and read once at the end (the book's
+        per-step ``float()`` would stall the device every step), except to draw the bar.
+        """
+        start = time.perf_counter()
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        seen = 0
+        bar = None
+        if _console_progress():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", leave=False)
+        for step, (x, y) in enumerate(loader.batches(epoch)):
+            loss, logits = self.train_step(x, y)
+            loss_sum += loss * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+            if bar is not None:
+                bar.update(1)
+                if step % 10 == 0 or step == len(loader) - 1:
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        if bar is not None:
+            bar.close()
+        return {"loss": float(loss_sum) / seen, "acc": int(correct) / seen, "seen": seen,
+                "seconds": time.perf_counter() - start}
+
+
 def default_run_dir(model_name: str) -> Path:
     """``runs/<date-time>-<model>`` under the working folder."""
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name}"
@@ -264,17 +332,21 @@ def fit(config: TrainConfig, log: Log = print) -> TrainResult:
     steps_per_epoch = len(train_loader)
 
     optimizer = make_optimizer(config, model)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, steps_per_epoch))
-    ema = _Ema(model, config.ema_decay) if config.ema_decay else None
-    step_model = torch.compile(model) if config.compile else model
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-
-    def eval_model() -> nn.Module:
-        return ema.module if ema is not None else model
+    training = Training(
+        config=config,
+        model=model,
+        step_model=torch.compile(model) if config.compile else model,
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, steps_per_epoch)),
+        criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+        ema=_Ema(model, config.ema_decay) if config.ema_decay else None,
+        device=device,
+        bf16=bf16,
+    )
 
     metadata = {
         "model": config.model,
-        "model_args": {"in_channels": in_channels, "num_classes": num_classes, **config.model_args},
+        "model_args": model.model_args,
         "in_channels": in_channels,
         "num_classes": num_classes,
         "class_names": list(train.class_names),
@@ -296,45 +368,11 @@ def fit(config: TrainConfig, log: Log = print) -> TrainResult:
     train_loss = train_acc = float("nan")
     for epoch in range(config.epochs):
         epoch_start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-        bar = None
-        if _console_progress():
-            from tqdm import tqdm
-
-            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
-        for step, (x, y) in enumerate(train_loader.batches(epoch)):
-            with _autocast(device, bf16):
-                logits = step_model(x)
-                loss = criterion(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 or step == steps_per_epoch - 1:
-                    elapsed = time.perf_counter() - epoch_start
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
-                                    img_s=f"{seen / elapsed:.0f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if bar is not None:
-            bar.close()
-        epoch_train_seconds = time.perf_counter() - epoch_start
-        train_seconds += epoch_train_seconds
-        train_examples += seen
-        train_loss, train_acc = float(loss_sum) / seen, int(correct) / seen
-        net = eval_model()
+        stats = training.train_epoch(train_loader, epoch)
+        train_seconds += stats["seconds"]
+        train_examples += stats["seen"]
+        train_loss, train_acc = stats["loss"], stats["acc"]
+        net = training.eval_model
         val_acc = evaluate(net, val_loader, bf16=bf16, tta=config.tta)["acc"] if val_loader else None
         test_acc = evaluate(net, test_loader, bf16=bf16, tta=config.tta)["acc"] if config.test_each_epoch else None
         row = {
@@ -344,7 +382,7 @@ def fit(config: TrainConfig, log: Log = print) -> TrainResult:
             "train_acc": train_acc,
             "val_acc": val_acc,
             "test_acc": test_acc,
-            "examples_per_sec": seen / epoch_train_seconds,
+            "examples_per_sec": stats["seen"] / stats["seconds"],
             "seconds": time.perf_counter() - epoch_start,
         }
         history.append(row)
@@ -366,7 +404,7 @@ def fit(config: TrainConfig, log: Log = print) -> TrainResult:
             + f"  {row['examples_per_sec']:.0f} img/s  {row['seconds']:.1f} s"
         )
 
-    net = eval_model()
+    net = training.eval_model
     unwrap(net).load_state_dict(best_state)
     test_metrics = evaluate(net, test_loader, bf16=bf16, tta=config.tta)
     result = TrainResult(
