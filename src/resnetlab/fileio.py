@@ -36,7 +36,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as exc:
-        raise ResnetlabError(f"cannot write {target} ({exc.strerror}); choose a writable --out folder") from None
+        raise ResnetlabError(f"cannot write {target} ({exc.strerror}); choose a writable folder") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -47,7 +47,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ResnetlabError(f"cannot write {target} ({exc.strerror or exc}); free some space or choose another --out folder") from None
+        raise ResnetlabError(f"cannot write {target} ({exc.strerror or exc}); free some space or choose another folder") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.client
 import os
-import tempfile
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..errors import ResnetlabError
+from ..fileio import atomic_path
 from .idx import DataError
 
 DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -47,8 +48,21 @@ def _fetch(url: str, dest: Path, timeout: float) -> None:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
         while chunk := response.read(_CHUNK):
             out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+
+
+def _download_checked(url: str, final: Path, expected: str, timeout: float) -> None:
+    """Fetch ``url`` into ``final`` atomically, only if its content has the ``expected`` SHA-256.
+
+    Raises :class:`DataError` for a failed transfer or a wrong checksum; ``final`` is then untouched
+    and no temporary file remains.
+    """
+    with atomic_path(final) as tmp:
+        try:
+            _fetch(url, tmp, timeout)
+        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets, short reads
+            raise DataError(f"download failed ({getattr(exc, 'reason', exc)})") from None
+        if content_sha256(tmp) != expected:
+            raise DataError("its content does not match the known SHA-256")
 
 
 def download_fashion_mnist(
@@ -77,22 +91,12 @@ def download_fashion_mnist(
             continue
         last_problem = ""
         for attempt in range(1, retries + 1):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
-            os.close(fd)
-            tmp = Path(tmp_name)
             try:
-                _fetch(base + name, tmp, timeout)
-                if content_sha256(tmp) == expected:
-                    os.replace(tmp, final)
-                    log(f"{name}: downloaded, checksum ok")
-                    break
-                last_problem = "its content does not match the known SHA-256"
-            except DataError as exc:
+                _download_checked(base + name, final, expected, timeout)
+                log(f"{name}: downloaded, checksum ok")
+                break
+            except ResnetlabError as exc:
                 last_problem = str(exc)
-            except (urllib.error.URLError, OSError, TimeoutError) as exc:
-                last_problem = f"download failed ({getattr(exc, 'reason', exc)})"
-            finally:
-                tmp.unlink(missing_ok=True)
             if attempt < retries:
                 time.sleep(min(2.0 ** (attempt - 1), 10.0) * 0.5)
         else:

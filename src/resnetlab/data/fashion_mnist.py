@@ -25,6 +25,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+STEMS = [stem for pair in FILES.values() for stem in pair]
 INSTALL_HINT = (
     "install it with 'apt-get install dataset-fashion-mnist' (Debian), "
     "fetch it with 'resnetlab download fashion-mnist DIR', or point --data at a folder holding "
@@ -72,13 +73,11 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     if not root.is_dir():
         raise DataError(f"Fashion-MNIST not found: {root} ({source}) is not a folder; {INSTALL_HINT}")
     for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
-        stems = [stem for pair in FILES.values() for stem in pair]
-        if all(_find_file(folder, stem) for stem in stems):
+        if all(_find_file(folder, stem) for stem in STEMS):
             return folder
     raise DataError(
-        f"Fashion-MNIST not found in {root} ({source}): it needs train-images-idx3-ubyte, "
-        f"train-labels-idx1-ubyte, t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (.gz or raw); "
-        f"{INSTALL_HINT}"
+        f"Fashion-MNIST not found in {root} ({source}): it needs {', '.join(STEMS[:-1])} and {STEMS[-1]} "
+        f"(.gz or raw); {INSTALL_HINT}"
     )
 
 

@@ -58,9 +58,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
             kwargs["metavar"] = "JSON"
         else:
             kwargs["type"] = _field_type(declared)
-            kwargs["metavar"] = "X" if kwargs["type"] is float else ("N" if kwargs["type"] is int else None)
-            if kwargs["metavar"] is None:
-                del kwargs["metavar"]
+            if kwargs["type"] in (int, float):
+                kwargs["metavar"] = "N" if kwargs["type"] is int else "X"
         parser.add_argument(flag(name), **kwargs)
 
 
