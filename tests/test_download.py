@@ -61,6 +61,17 @@ def test_download_upstream_packaging_is_accepted(tiny_data, serve, tmp_path, mon
     monkeypatch.setattr(dl, "CONTENT_SHA256", tiny_sums(tiny_data))
     download_fashion_mnist(tmp_path / "out", base_url=serve(served), log=lambda s: None)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(dl.CONTENT_SHA256)
+    assert all(p.stat().st_mode & 0o044 for p in (tmp_path / "out").iterdir())  # not left owner-only
+
+
+def test_damaged_file_already_present_is_replaced(tiny_data, serve, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "t10k-labels-idx1-ubyte.gz").write_text("<html>an interrupted download by another tool</html>")
+    monkeypatch.setattr(dl, "CONTENT_SHA256", tiny_sums(tiny_data))
+    download_fashion_mnist(out, base_url=serve(tiny_data), log=lambda s: None)
+    for name in dl.CONTENT_SHA256:
+        assert (out / name).read_bytes() == (tiny_data / name).read_bytes()
 
 
 def test_corrupt_file_is_rejected_and_nothing_left(tiny_data, serve, tmp_path, monkeypatch, capsys):

@@ -44,6 +44,14 @@ def content_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _has_content(path: Path, expected: str) -> bool:
+    """Whether ``path`` is a gzip file whose content has the ``expected`` SHA-256 (a damaged file is not)."""
+    try:
+        return content_sha256(path) == expected
+    except DataError:
+        return False
+
+
 def _fetch(url: str, dest: Path, timeout: float) -> None:
     with urllib.request.urlopen(url, timeout=timeout) as response, open(dest, "wb") as out:
         while chunk := response.read(_CHUNK):
@@ -74,7 +82,7 @@ def download_fashion_mnist(
 ) -> Path:
     """Download the four Fashion-MNIST files into ``target``; return the folder.
 
-    Files already present with the right content are kept. Each download is tried up to
+    Files already present with the right content are kept; damaged ones are replaced. Each download is tried up to
     ``retries`` times (with a short back-off); a file whose content does not match its known
     SHA-256 is deleted and, after the last try, reported as a :class:`DataError`.
     """
@@ -86,7 +94,7 @@ def download_fashion_mnist(
     base = base_url if base_url.endswith("/") else base_url + "/"
     for name, expected in CONTENT_SHA256.items():
         final = folder / name
-        if final.is_file() and content_sha256(final) == expected:
+        if final.is_file() and _has_content(final, expected):
             log(f"{name}: present, checksum ok")
             continue
         last_problem = ""
