@@ -26,7 +26,7 @@ test: setup
 	@bash scripts/ensure-data.sh --optional
 	$(BIN)/python -m pytest -q
 
-# The default run: preset `cpu` without a GPU (about 9 minutes on 2 cores), `fast` with one.
+# The default run: preset `cpu` without a GPU (8.5 to 9 minutes on 2 cores), `fast` with one.
 train: setup data
 	$(BIN)/resnetlab train
 
