@@ -137,3 +137,21 @@ def test_bad_config_file(tmp_path, capsys):
     cfg.write_text('{"epochs": "many"}')
     one_line_error(capsys, ["train", "--config", str(cfg)], "field 'epochs' must be int")
     one_line_error(capsys, ["train", "--config", str(tmp_path / "absent.json")], "--config", "cannot read it")
+
+
+def test_unreadable_data_file(tiny_data, tmp_path, capsys, monkeypatch):
+    # CI runs as root, which reads any file; simulate the refusal for the training images.
+    import resnetlab.data.idx as idx
+
+    real_open = idx._open
+
+    def refuse(path):
+        if path.name.startswith("train-images"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path)
+
+    monkeypatch.setattr(idx, "_open", refuse)
+    out = tmp_path / "r"
+    one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", str(out), *TINY],
+                   "train-images-idx3-ubyte.gz", "permission denied")
+    assert not out.exists()

@@ -12,7 +12,8 @@ from resnetlab.engine import TrainConfig, fit, from_preset, read_metadata
 from resnetlab.engine.checkpoint import build_from_weights
 from resnetlab.engine.config import load_config_file, validate
 from resnetlab.engine.metrics import COLUMNS
-from resnetlab.engine.train import build_model, lr_factor, make_optimizer
+from resnetlab.engine.optim import lr_factor, make_optimizer
+from resnetlab.engine.train import build_model
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import D2LResNet
 
@@ -135,7 +136,8 @@ def test_run_folder(tiny_data, tmp_path):
     result = fit(config, log=lines.append)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == sorted(
-        ["config.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors", "results.json"]
+        ["config.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors", "results.json",
+         "train_state.pt"]
     )
     assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
     with open(run / "metrics.csv") as f:

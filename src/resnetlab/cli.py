@@ -1,7 +1,8 @@
 """The ``resnetlab`` command line: it parses arguments and calls the library, nothing more.
 
 A mistake the user can make ends as one line on stderr naming the culprit and the fix, with exit
-status 2 and no traceback.
+status 2 and no traceback; a non-finite loss ends a run with status 3, and SIGINT/SIGTERM with
+130/143 after the run's state is saved.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .errors import ResnetlabError
+from .errors import ResnetlabError, TrainingStopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,9 +84,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .engine import fit
-    from .engine.train_config import config_from_args
+    from .engine import fit, resume
+    from .engine.train_config import config_from_args, resume_overrides_from_args
 
+    if args.resume is not None:
+        resume(args.resume, **resume_overrides_from_args(args))
+        return 0
     config, note = config_from_args(args)
     if note:
         print(note)
@@ -111,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model on Fashion-MNIST (presets: d2l, cpu, fast, best)")
     from .engine.train_config import add_train_arguments
 
+    p.add_argument("--resume", nargs="?", const="runs/latest", metavar="RUN_DIR",
+                   help="continue a stopped run from its train_state.pt, with its own config (default: runs/latest)")
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
 
@@ -133,7 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except ResnetlabError as exc:
         print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except TrainingStopped as exc:
+        print(f"resnetlab {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        # A second Ctrl-C: stop at once. Every file is written to a temporary name first, so the
+        # last saved state and weights are whole.
+        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def run() -> NoReturn:

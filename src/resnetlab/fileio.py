@@ -15,6 +15,20 @@ from typing import Iterator
 from .errors import ResnetlabError
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files that writes killed by SIGKILL or a crash left in ``folder``.
+
+    Only names this module creates (``.<name>.<random>.tmp``) are touched. Returns them.
+    """
+    stale = [p for p in Path(folder).glob(f".*{TMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -34,7 +48,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
     except OSError as exc:
         raise ResnetlabError(f"cannot write {target} ({exc.strerror}); choose a writable folder") from None
     os.close(fd)
@@ -45,12 +59,27 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, target)
+        _fsync_folder(target.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise ResnetlabError(f"cannot write {target} ({exc.strerror or exc}); free some space or choose another folder") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a crash right after it keeps the new name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some systems cannot open folders; the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -30,7 +30,7 @@ def versions() -> dict[str, str]:
     """Versions of the software that wrote a file."""
     from .. import __version__
 
-    return {"resnetlab": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"resnetlab": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def unwrap(model: nn.Module) -> nn.Module:

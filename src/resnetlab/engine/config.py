@@ -63,7 +63,12 @@ class TrainConfig:
     channels_last: bool = True  # channels-last memory format for the model and its input
     compile: bool = False  # torch.compile the model (slow start, faster steps)
     seed: int = 0  # seeds the init, the validation split, the data order and augmentation
+    deterministic: bool = False  # use only deterministic algorithms (bit-exact resume on CPU; CUDA warns where it cannot)
+
+    # --- saving and safety ---
     out: str | None = None  # run folder; None: runs/<date-time>-<model>
+    save_every: int = 0  # also save train_state.pt every N steps, not only after each epoch (0: epochs only)
+    skip_nonfinite: bool = False  # skip a batch whose loss or gradients are NaN/inf (counted) instead of stopping with exit 3
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-able values."""
@@ -171,7 +176,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ResnetlabError(f"{flag(name)} {value} must be at least 1")
-    non_negative = ["val_split", "crop_padding", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"]
+    non_negative = ["val_split", "save_every", "crop_padding", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"]
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must not be negative")

@@ -1,36 +1,45 @@
-"""The training engine: one step, evaluation, and ``fit(config)`` that runs a whole training.
+"""A whole training run: ``fit(config)`` starts one, ``resume(run_dir)`` continues one.
 
 It takes a :class:`TrainConfig` and knows nothing of the command line. Data stays on the
-device as uint8 (see ``data/loader.py``); the loop never synchronises with the device inside an
-epoch except to draw the progress bar on a terminal.
+device as uint8 (see ``data/loader.py``). The run folder is the run's memory: ``config.json``
+at the start, ``train_state.pt`` after every epoch (and every ``save_every`` steps), so a run
+killed at any instant continues from its last save with the same result (see ``state.py``).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import math
-import random
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import Augment, DeviceLoader, ImageSet, load_fashion_mnist, split_train_val
-from ..errors import ResnetlabError
-from ..fileio import write_text
+from ..errors import NonFiniteLossError, ResnetlabError, TrainingStopped
+from ..fileio import remove_stale_temporaries, write_text
 from ..models import create_model
 from .checkpoint import save_weights, unwrap, versions
-from .config import TrainConfig, validate
+from .config import TrainConfig, load_config_file, validate
 from .metrics import plot_curves, write_csv
+from .optim import make_optimizer, make_scheduler
+from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
+from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
+from .steps import Ema, Training, evaluate
+from .stop import StopSignals
 
 Log = Callable[[str], None]
+
+# Fields a resumed run may change: they decide how the run is saved and guarded, not what it computes.
+RESUME_OVERRIDES = ("save_every", "skip_nonfinite")
 
 
 @dataclass
@@ -47,45 +56,9 @@ class TrainResult:
     best_val_acc: float | None
     examples_per_sec: float  # training images per second over training steps only, as the book's timer
     train_seconds: float
-    total_seconds: float
+    total_seconds: float  # wall time of the whole run, resumed parts included (up to their last save)
+    skipped_batches: int = 0  # batches skipped for a non-finite loss (--skip-nonfinite)
     history: list[dict] = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ResnetlabError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off.
-
-    Measured on a 2-core AMD EPYC with avx512_bf16 (2026-11-26): bf16 trained the seed's
-    ResNet-18 1.5x faster than fp32 at 28 px; on CPUs without it bf16 is emulated and slower.
-    """
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Resolve ``precision``: ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def xavier_init(model: nn.Module) -> None:
@@ -107,146 +80,6 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.M
     return model
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW; weight decay applies to conv and linear weights, not to norms and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
-
-
-def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
-    """The schedule's multiplier of the peak lr at optimizer step ``step`` (0-based)."""
-    total = config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if config.schedule == "constant":
-        return 1.0
-    if config.schedule == "step":
-        return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
-    progress = (step - warmup) / max(1, total - warmup)
-    if config.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return max(0.0, 1.0 - progress)  # onecycle: linear warm-up, then linear decay to zero
-
-
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta: bool = False) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over every example of ``loader``.
-
-    With ``tta``, the softmax of each image and of its mirror image are averaged.
-    Returns the sums as well (``correct``, ``loss_sum``, ``count``) so ranks can add them up.
-    """
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
-    count = 0
-    for x, y in loader.batches():
-        with _autocast(loader.device, bf16):
-            logits = model(x).float()
-            if tta:
-                probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
-                logits = probs.clamp_min(1e-12).log()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        count += len(y)
-    model.train(was_training)
-    c, s = int(correct), float(loss_sum)
-    return {"acc": c / max(count, 1), "loss": s / max(count, 1), "correct": c, "loss_sum": s, "count": count}
-
-
-class _Ema:
-    """An exponential moving average of the weights (buffers copied), evaluated in place of the model."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-    def update(self, model: nn.Module) -> None:
-        self.averaged.update_parameters(model)
-
-    @property
-    def module(self) -> nn.Module:
-        return self.averaged.module
-
-
-@dataclass
-class Training:
-    """What one optimisation step needs, held together: the model, its optimiser, schedule and EMA."""
-
-    config: TrainConfig
-    model: nn.Module
-    step_model: nn.Module  # the model, or its torch.compile wrapper, called in training steps
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: nn.Module
-    ema: _Ema | None
-    device: torch.device
-    bf16: bool
-
-    @property
-    def eval_model(self) -> nn.Module:
-        """The weights that are evaluated and saved: the EMA when there is one, else the model."""
-        return self.ema.module if self.ema is not None else self.model
-
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on a batch; returns the (detached) loss and logits."""
-        with _autocast(self.device, self.bf16):
-            logits = self.step_model(x)
-            loss = self.criterion(logits.float(), y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return loss.detach(), logits.detach()
-
-    def train_epoch(self, loader: DeviceLoader, epoch: int) -> dict[str, float]:
-        """Run one epoch of steps; return mean loss, accuracy, images seen and seconds.
-
-        Loss and accuracy are summed on the device and read once at the end (the book's
-        per-step ``float()`` would stall the device every step), except to draw the bar.
-        """
-        start = time.perf_counter()
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        seen = 0
-        bar = None
-        if _console_progress():
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(loader), desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="step", leave=False)
-        for step, (x, y) in enumerate(loader.batches(epoch)):
-            loss, logits = self.train_step(x, y)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 or step == len(loader) - 1:
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
-                                    img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        if bar is not None:
-            bar.close()
-        return {"loss": float(loss_sum) / seen, "acc": int(correct) / seen, "seen": seen,
-                "seconds": time.perf_counter() - start}
-
-
 def default_run_dir(model_name: str) -> Path:
     """``runs/<date-time>-<model>`` under the working folder."""
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name}"
@@ -256,7 +89,9 @@ def prepare_run_dir(out: str | None, model_name: str) -> Path:
     """Create the run folder (refusing one that already holds a run); point ``runs/latest`` at it."""
     run_dir = Path(out) if out else default_run_dir(model_name)
     if (run_dir / "config.json").exists():
-        raise ResnetlabError(f"--out {run_dir} already holds a run; choose another folder")
+        raise ResnetlabError(
+            f"--out {run_dir} already holds a run; choose another folder, or continue it with --resume {run_dir}"
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -283,6 +118,17 @@ def load_data(config: TrainConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]
     return train, val, test
 
 
+def data_fingerprint(*sets: ImageSet | None) -> str:
+    """A SHA-256 over the images and labels of the splits: a resumed run must see the same data."""
+    digest = hashlib.sha256()
+    for data in sets:
+        if data is not None:
+            digest.update(str(tuple(data.images.shape)).encode())
+            digest.update(data.images.numpy().tobytes())
+            digest.update(data.labels.numpy().tobytes())
+    return digest.hexdigest()
+
+
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and standard deviation of uint8 images scaled to [0, 1]."""
     x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
@@ -294,141 +140,324 @@ def _console_progress() -> bool:
 
 
 def fit(config: TrainConfig, log: Log = print) -> TrainResult:
-    """Train ``config.model`` on Fashion-MNIST as ``config`` says; write the run folder; return the results."""
+    """Train ``config.model`` on Fashion-MNIST as ``config`` says; write the run folder; return the results.
+
+    Raises :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
+    :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
+    """
     validate(config)
-    started = time.perf_counter()
-    device = resolve_device(config.device)
-    bf16 = use_bf16(config.precision, device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    return _Run(config, log).train()
 
-    train, val, test = load_data(config)
-    if len(train) < config.batch_size:
+
+def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **overrides: Any) -> TrainResult:
+    """Continue the run in ``run_dir`` from its ``train_state.pt``, with the run's own config.
+
+    Only the fields in :data:`RESUME_OVERRIDES` may be changed. A run killed before its first
+    save starts again from the beginning in the same folder (same seed, same result).
+    """
+    run_dir = _follow_link(Path(run_dir))
+    config_path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise ResnetlabError(f"--resume {run_dir}: no such run folder; give the folder of a run started by 'resnetlab train'")
+    if not config_path.exists():
+        raise ResnetlabError(f"--resume {run_dir}: no config.json there, so it is not a resnetlab run folder")
+    if (run_dir / "results.json").exists():
+        raise ResnetlabError(f"--resume {run_dir}: this run already finished (results.json exists); start a new run to train more")
+    changed = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if changed:
         raise ResnetlabError(
-            f"--batch-size {config.batch_size} is larger than the {len(train)} training images; lower it"
+            f"--{changed[0].replace('_', '-')} cannot be changed when resuming: the run continues with its own "
+            f"{config_path}; start a new run to change it"
         )
-    seed_everything(config.seed)
-    in_channels, num_classes = train.images.shape[1], len(train.class_names)
-    model = build_model(config, in_channels, num_classes).to(device)
-    # Only now, with data and model in hand, does the run get a folder: a bad flag leaves nothing behind.
-    run_dir = prepare_run_dir(config.out, config.model)
-    write_text(run_dir / "config.json", config.to_json())
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = channel_stats(train.images) if config.normalize else (None, None)
+    config = validate(TrainConfig.from_dict(load_config_file(config_path), str(config_path)).replace(**overrides))
+    state_path = run_dir / STATE_FILE
+    state = load_train_state(state_path) if state_path.exists() else None
+    if state is not None:
+        saved = {k: v for k, v in state["config"].items() if k not in RESUME_OVERRIDES}
+        current = {k: v for k, v in config.to_dict().items() if k not in RESUME_OVERRIDES}
+        differ = sorted(k for k in current if saved.get(k) != current[k])
+        if differ:
+            raise ResnetlabError(
+                f"{config_path} differs from the config {state_path} was saved with (field {differ[0]!r}); "
+                "put the original back, or start a new run"
+            )
+    if overrides:
+        write_text(config_path, config.to_json())
+    remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
+    return _Run(config, log, run_dir=run_dir, state=state).train()
 
-    def loader(data: ImageSet, training: bool) -> DeviceLoader:
-        return DeviceLoader(
-            data, config.batch_size, device=device, image_size=config.image_size, mean=mean, std=std,
-            shuffle=training, drop_last=training, seed=config.seed, channels_last=config.channels_last,
-            augment=Augment(config.crop_padding, config.flip, config.erase_prob) if training else Augment(),
+
+def _follow_link(path: Path) -> Path:
+    """``runs/latest`` -> ``runs/<its target>``, so messages name the real run folder."""
+    return path.parent / os.readlink(path) if path.is_symlink() else path
+
+
+class _Run:
+    """One run from set-up to results: builds everything, runs the epochs, saves, finishes."""
+
+    def __init__(self, config: TrainConfig, log: Log, run_dir: Path | None = None, state: dict | None = None) -> None:
+        self.started = time.perf_counter()
+        self.config, self.log = config, log
+        self.device = device = resolve_device(config.device)
+        self.bf16 = use_bf16(config.precision, device)
+        configure_backends(device, config.deterministic)
+
+        train, val, test = load_data(config)
+        if len(train) < config.batch_size:
+            raise ResnetlabError(
+                f"--batch-size {config.batch_size} is larger than the {len(train)} training images; lower it"
+            )
+        self.fingerprint = data_fingerprint(train, val, test)
+        if state is not None and state.get("data") != self.fingerprint:
+            raise ResnetlabError(
+                f"{run_dir}: the data differ from those the run was trained on (--data {config.data or 'default'}); "
+                "point --data at the original files in config.json, or start a new run"
+            )
+        seed_everything(config.seed)
+        in_channels, num_classes = train.images.shape[1], len(train.class_names)
+        model = build_model(config, in_channels, num_classes).to(device)
+        if run_dir is None:
+            # Only now, with data and model in hand, does the run get a folder: a bad flag leaves nothing behind.
+            run_dir = prepare_run_dir(config.out, config.model)
+            write_text(run_dir / "config.json", config.to_json())
+        self.run_dir = run_dir
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        mean, std = channel_stats(train.images) if config.normalize else (None, None)
+
+        def loader(data: ImageSet, training: bool) -> DeviceLoader:
+            return DeviceLoader(
+                data, config.batch_size, device=device, image_size=config.image_size, mean=mean, std=std,
+                shuffle=training, drop_last=training, seed=config.seed, channels_last=config.channels_last,
+                augment=Augment(config.crop_padding, config.flip, config.erase_prob) if training else Augment(),
+            )
+
+        self.train_loader = loader(train, True)
+        self.val_loader = loader(val, False) if val is not None else None
+        self.test_loader = loader(test, False)
+        optimizer = make_optimizer(config, model)
+        self.training = Training(
+            config=config,
+            model=model,
+            step_model=torch.compile(model) if config.compile else model,
+            optimizer=optimizer,
+            scheduler=make_scheduler(config, optimizer, len(self.train_loader)),
+            criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+            ema=Ema(model, config.ema_decay) if config.ema_decay else None,
+            device=device,
+            bf16=self.bf16,
+        )
+        self.metadata = {
+            "model": config.model,
+            "model_args": model.model_args,
+            "in_channels": in_channels,
+            "num_classes": num_classes,
+            "class_names": list(train.class_names),
+            "input_size": [in_channels, config.image_size, config.image_size],
+            "normalization": {"mean": mean, "std": std} if mean is not None else None,
+            "preset": config.preset or "",
+            "versions": versions(),
+            "config": config.to_dict(),
+        }
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.progress = Progress()
+        if state is not None:
+            self.progress = restore_train_state(state, self.training)
+            self.best_weights = state["best_model"]
+        self.elapsed_before = self.progress.elapsed_seconds
+        sizes = (len(train), len(val) if val is not None else 0, len(test))
+        self.log(
+            f"{'resuming' if state is not None else 'training'} {config.model} on {sizes[0]:,} images "
+            f"({len(self.train_loader)} steps/epoch), validating on {sizes[1]:,}, testing on {sizes[2]:,}; "
+            f"device {device}, {'bf16' if self.bf16 else 'fp32'}; run folder {run_dir}"
+            + (f"; continuing epoch {self.progress.epoch + 1} after step {self.progress.step}/{len(self.train_loader)}"
+               if state is not None else "")
+        )
+        if state is not None and self.progress.history:
+            # A kill may have landed between saving the state and writing these; write them again.
+            self._write_epoch_files(best_changed=True, last=self.progress.step == 0)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """Run the remaining epochs, then the final test; return the results."""
+        with StopSignals(self.log) as self.stop:
+            while self.progress.epoch < self.config.epochs:
+                self._train_epoch()
+                self._end_epoch()
+                if self.stop.requested:
+                    self._stopped()
+        return self._finish()
+
+    def _train_epoch(self) -> None:
+        """Run the epoch's remaining steps, saving every ``save_every`` steps and on a stop request."""
+        p, training, loader = self.progress, self.training, self.train_loader
+        if p.step == 0:
+            p.start_epoch(self.device)
+        training.model.train()
+        bar = None
+        if _console_progress():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(loader), initial=p.step, desc=f"epoch {p.epoch + 1}/{self.config.epochs}",
+                       unit="step", leave=False)
+        start, before = time.perf_counter(), p.epoch_seconds
+        for x, y in loader.batches(p.epoch, p.step):
+            out = training.train_step(x, y)
+            if out is None:
+                p.epoch_seconds = before + time.perf_counter() - start
+                self._non_finite()
+            else:
+                loss, logits = out
+                p.loss_sum += loss * len(y)
+                p.correct += (logits.argmax(1) == y).sum()
+                p.seen += len(y)
+            p.step += 1
+            p.global_step += 1
+            p.epoch_seconds = before + time.perf_counter() - start
+            if bar is not None:
+                bar.update(1)
+                if p.step % 10 == 0 and p.seen:
+                    bar.set_postfix(loss=f"{float(p.loss_sum) / p.seen:.3f}", acc=f"{int(p.correct) / p.seen:.3f}")
+            if p.step < len(loader):  # the epoch's end saves anyway, after evaluation
+                if self.stop.requested:
+                    self._save_state()
+                    self._stopped()
+                if self.config.save_every and p.global_step % self.config.save_every == 0:
+                    self._save_state()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        p.epoch_seconds = before + time.perf_counter() - start
+        if bar is not None:
+            bar.close()
+
+    def _non_finite(self) -> None:
+        """A batch gave a NaN/inf loss or gradient: skip it (--skip-nonfinite) or save and stop (exit 3)."""
+        p = self.progress
+        if self.config.skip_nonfinite:
+            self.training.skip_step()
+            p.skipped += 1
+            return
+        self._save_state()
+        raise NonFiniteLossError(
+            f"the loss or gradients became NaN/inf at epoch {p.epoch + 1} step {p.step + 1} (global step "
+            f"{p.global_step + 1}); the state before that step is saved in {self.run_dir / STATE_FILE}; "
+            f"lower --lr or set --grad-clip in a new run, or skip such batches with: "
+            f"resnetlab train --resume {self.run_dir} --skip-nonfinite"
         )
 
-    train_loader = loader(train, True)
-    val_loader = loader(val, False) if val is not None else None
-    test_loader = loader(test, False)
-    steps_per_epoch = len(train_loader)
-
-    optimizer = make_optimizer(config, model)
-    training = Training(
-        config=config,
-        model=model,
-        step_model=torch.compile(model) if config.compile else model,
-        optimizer=optimizer,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, steps_per_epoch)),
-        criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-        ema=_Ema(model, config.ema_decay) if config.ema_decay else None,
-        device=device,
-        bf16=bf16,
-    )
-
-    metadata = {
-        "model": config.model,
-        "model_args": model.model_args,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "class_names": list(train.class_names),
-        "input_size": [in_channels, config.image_size, config.image_size],
-        "normalization": {"mean": mean, "std": std} if mean is not None else None,
-        "preset": config.preset or "",
-        "versions": versions(),
-        "config": config.to_dict(),
-    }
-    log(
-        f"training {config.model} on {len(train):,} images ({steps_per_epoch} steps/epoch), "
-        f"validating on {len(val) if val is not None else 0:,}, testing on {len(test):,}; "
-        f"device {device}, {'bf16' if bf16 else 'fp32'}; run folder {run_dir}"
-    )
-
-    history: list[dict] = []
-    best_acc, best_epoch, best_state = -1.0, 0, None
-    train_seconds, train_examples = 0.0, 0
-    train_loss = train_acc = float("nan")
-    for epoch in range(config.epochs):
-        epoch_start = time.perf_counter()
-        stats = training.train_epoch(train_loader, epoch)
-        train_seconds += stats["seconds"]
-        train_examples += stats["seen"]
-        train_loss, train_acc = stats["loss"], stats["acc"]
-        net = training.eval_model
-        val_acc = evaluate(net, val_loader, bf16=bf16, tta=config.tta)["acc"] if val_loader else None
-        test_acc = evaluate(net, test_loader, bf16=bf16, tta=config.tta)["acc"] if config.test_each_epoch else None
+    def _end_epoch(self) -> None:
+        """Evaluate, record the epoch, choose the best on validation, save the state and the files."""
+        p, config = self.progress, self.config
+        train_loss = float(p.loss_sum) / p.seen if p.seen else float("nan")
+        train_acc = int(p.correct) / p.seen if p.seen else float("nan")
+        net = self.training.eval_model
+        val_acc = self._accuracy(net, self.val_loader) if self.val_loader else None
+        test_acc = self._accuracy(net, self.test_loader) if config.test_each_epoch else None
         row = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
+            "epoch": p.epoch + 1,
+            "lr": self.training.optimizer.param_groups[0]["lr"],
             "train_loss": train_loss,
             "train_acc": train_acc,
             "val_acc": val_acc,
             "test_acc": test_acc,
-            "examples_per_sec": stats["seen"] / stats["seconds"],
-            "seconds": time.perf_counter() - epoch_start,
+            "examples_per_sec": p.seen / p.epoch_seconds if p.epoch_seconds else 0.0,
+            "seconds": p.epoch_seconds,
         }
-        history.append(row)
+        p.history.append(row)
+        p.train_seconds += p.epoch_seconds
+        p.train_examples += p.seen
         # The best epoch is chosen on validation accuracy only; without validation it is the last.
-        score = val_acc if val_acc is not None else float(epoch)
-        epoch_meta = {**metadata, "epoch": epoch + 1, "metrics": {k: v for k, v in row.items() if v is not None}}
-        if score > best_acc:
-            best_acc, best_epoch = score, epoch + 1
-            best_state = {k: v.detach().clone() for k, v in unwrap(net).state_dict().items()}
-            save_weights(run_dir / "best.safetensors", net, epoch_meta)
-        save_weights(run_dir / "last.safetensors", net, epoch_meta)
-        write_csv(run_dir / "metrics.csv", history)
-        plot_curves(run_dir / "curves.png", history, title=f"{config.model} ({config.preset or 'custom'})")
-        log(
-            f"epoch {epoch + 1}/{config.epochs}  lr {row['lr']:.4g}  loss {train_loss:.3f}  "
+        score = val_acc if val_acc is not None else float(p.epoch)
+        best_changed = score > p.best_score
+        if best_changed:
+            p.best_score, p.best_epoch = score, p.epoch + 1
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(net).state_dict().items()}
+        p.epoch, p.step = p.epoch + 1, 0
+        p.start_epoch(self.device)
+        self._save_state()
+        self._write_epoch_files(best_changed, last=True)
+        skipped = f"  skipped {p.skipped} non-finite batch(es)" if p.skipped else ""
+        self.log(
+            f"epoch {row['epoch']}/{config.epochs}  lr {row['lr']:.4g}  loss {train_loss:.3f}  "
             f"train acc {train_acc:.3f}"
             + (f"  val acc {val_acc:.3f}" if val_acc is not None else "")
             + (f"  test acc {test_acc:.3f}" if test_acc is not None else "")
-            + f"  {row['examples_per_sec']:.0f} img/s  {row['seconds']:.1f} s"
+            + f"  {row['examples_per_sec']:.0f} img/s  {row['seconds']:.1f} s{skipped}"
         )
 
-    net = training.eval_model
-    unwrap(net).load_state_dict(best_state)
-    test_metrics = evaluate(net, test_loader, bf16=bf16, tta=config.tta)
-    result = TrainResult(
-        run_dir=run_dir,
-        device=str(device),
-        train_loss=train_loss,
-        train_acc=train_acc,
-        test_acc=test_metrics["acc"],
-        test_loss=test_metrics["loss"],
-        best_epoch=best_epoch,
-        best_val_acc=best_acc if val_loader is not None else None,
-        examples_per_sec=train_examples / train_seconds,
-        train_seconds=train_seconds,
-        total_seconds=time.perf_counter() - started,
-        history=history,
-    )
-    write_results(result)
-    # The book's two closing lines (d2l.train_ch6).
-    log(f"loss {result.train_loss:.3f}, train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}")
-    log(f"{result.examples_per_sec:.1f} examples/sec on {result.device}")
-    return result
+    def _accuracy(self, net: nn.Module, loader: DeviceLoader) -> float:
+        return evaluate(net, loader, bf16=self.bf16, tta=self.config.tta)["acc"]
+
+    def _epoch_metadata(self, epoch: int) -> dict[str, Any]:
+        row = self.progress.history[epoch - 1]
+        return {**self.metadata, "epoch": epoch, "metrics": {k: v for k, v in row.items() if v is not None}}
+
+    def _write_epoch_files(self, best_changed: bool, last: bool) -> None:
+        """best/last.safetensors, metrics.csv and curves.png for the epochs so far."""
+        p = self.progress
+        if best_changed and self.best_weights is not None:
+            best = copy.deepcopy(unwrap(self.training.eval_model))
+            best.load_state_dict(self.best_weights)
+            save_weights(self.run_dir / "best.safetensors", best, self._epoch_metadata(p.best_epoch))
+        if last:
+            save_weights(self.run_dir / "last.safetensors", self.training.eval_model, self._epoch_metadata(p.epoch))
+        write_csv(self.run_dir / "metrics.csv", p.history)
+        plot_curves(self.run_dir / "curves.png", p.history, title=f"{self.config.model} ({self.config.preset or 'custom'})")
+
+    def _elapsed(self) -> float:
+        """Wall time of the whole run: earlier processes (up to their last save) plus this one."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def _save_state(self) -> None:
+        self.progress.elapsed_seconds = self._elapsed()
+        save_train_state(self.run_dir / STATE_FILE, self.training, self.progress, self.best_weights,
+                         self.config.to_dict(), data=self.fingerprint)
+
+    def _stopped(self) -> None:
+        """The state is saved: leave with a message that says how to continue."""
+        import signal
+
+        p, signum = self.progress, self.stop.signum
+        where = f"after epoch {p.epoch}" if p.step == 0 else f"at epoch {p.epoch + 1} step {p.step}/{len(self.train_loader)}"
+        raise TrainingStopped(
+            f"stopped by {signal.Signals(signum).name} {where}; the state is saved in {self.run_dir / STATE_FILE}; "
+            f"continue with: resnetlab train --resume {self.run_dir}",
+            signum,
+        )
+
+    def _finish(self) -> TrainResult:
+        """Test the best weights once, write ``results.json``, print the book's two lines."""
+        p = self.progress
+        best = copy.deepcopy(unwrap(self.training.eval_model))
+        best.load_state_dict(self.best_weights)
+        test_metrics = evaluate(best, self.test_loader, bf16=self.bf16, tta=self.config.tta)
+        last = p.history[-1]
+        result = TrainResult(
+            run_dir=self.run_dir,
+            device=str(self.device),
+            train_loss=last["train_loss"],
+            train_acc=last["train_acc"],
+            test_acc=test_metrics["acc"],
+            test_loss=test_metrics["loss"],
+            best_epoch=p.best_epoch,
+            best_val_acc=p.best_score if self.val_loader is not None else None,
+            examples_per_sec=p.train_examples / p.train_seconds if p.train_seconds else 0.0,
+            train_seconds=p.train_seconds,
+            total_seconds=self._elapsed(),
+            skipped_batches=p.skipped,
+            history=p.history,
+        )
+        write_results(result)
+        # The book's two closing lines (d2l.train_ch6).
+        self.log(f"loss {result.train_loss:.3f}, train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}")
+        self.log(f"{result.examples_per_sec:.1f} examples/sec on {result.device}")
+        return result
 
 
 def write_results(result: TrainResult) -> None:
     """Write ``results.json``: the final numbers of a run."""
     values = {k: v for k, v in result.__dict__.items() if k not in ("run_dir", "history")}
-    write_text(result.run_dir / "results.json", json.dumps(values, indent=2) + "\n")
+    # JSON has no NaN: a metric that is not a number (a run whose loss diverged) is written as null.
+    values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+    write_text(result.run_dir / "results.json", json.dumps(values, indent=2, allow_nan=False) + "\n")

@@ -96,3 +96,19 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]
 
     model_spec(config.model)  # an unknown --model is reported before any data is read
     return validate(config), note
+
+
+def resume_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given with ``--resume``: only those a resumed run may change, else a one-line error."""
+    from .train import RESUME_OVERRIDES
+
+    if args.config:
+        raise ResnetlabError("--config cannot be used with --resume: the run continues with its own config.json")
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    for name in given:
+        if name not in RESUME_OVERRIDES:
+            raise ResnetlabError(
+                f"{flag(name)} cannot be changed when resuming: the run continues with its own config.json; "
+                f"start a new run to change it (with --resume only {', '.join(map(flag, RESUME_OVERRIDES))} may be given)"
+            )
+    return given
