@@ -6,8 +6,11 @@ Quick start::
     net = resnetlab.d2l_resnet18()              # the seed's network, 1 channel, 10 classes
     print(resnetlab.summary(net, (1, 1, 256, 256)))
     model = resnetlab.create_model("resnet50", num_classes=10)
+    clf = resnetlab.load("runs/latest/best.safetensors")   # a trained model, ready to predict
+    clf.predict(["shoe.png"])
 """
 
+from .classifier import Classifier, Prediction, load
 from .errors import ResnetlabError
 from .models import (
     BasicBlock,
@@ -35,8 +38,8 @@ from .summarize import ModelSummary, summary
 __version__ = "0.1.0"
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "D2LResNet", "ModelSummary", "Residual", "ResNet", "ResnetlabError",
-    "UnknownModelError", "__version__", "create_model", "d2l_resnet18", "list_models", "model_spec",
+    "BasicBlock", "Bottleneck", "Classifier", "D2LResNet", "ModelSummary", "Prediction", "Residual", "ResNet", "ResnetlabError",
+    "UnknownModelError", "__version__", "create_model", "d2l_resnet18", "list_models", "load", "model_spec",
     "register_model", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_block",
     "resnext50_32x4d", "summary", "wide_resnet50_2",
 ]

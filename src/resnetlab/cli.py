@@ -97,9 +97,97 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta, device=args.device,
+                        precision=args.precision)
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from .classifier import load
+    from .images import find_images
+
+    if args.top_k < 1:
+        raise ResnetlabError(f"--top-k {args.top_k} must be at least 1")
+    from .engine.runtime import resolve_device
+
+    clf = load(args.checkpoint, device=resolve_device(args.device))
+    files = find_images(args.inputs)
+    if not files:
+        raise ResnetlabError(f"no image files in {' '.join(args.inputs)}; give image files or folders holding them")
+    results, failed = [], 0
+    for start in range(0, len(files), 64):
+        chunk, images = [], []
+        for path in files[start : start + 64]:
+            try:
+                images.append(clf.to_uint8(path))
+                chunk.append(path)
+            except ResnetlabError as exc:
+                print(f"resnetlab predict: error: {exc}", file=sys.stderr)
+                failed += 1
+        for path, pred in zip(chunk, clf.predict(images, top_k=args.top_k)):
+            results.append({"file": str(path), "top": [{"class": c, "prob": p} for c, p in pred.top]})
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+    elif args.format == "csv":
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["file", "rank", "class", "prob"])
+        for r in results:
+            for rank, t in enumerate(r["top"], start=1):
+                writer.writerow([r["file"], rank, t["class"], f"{t['prob']:.6f}"])
+    else:
+        for r in results:
+            print(r["file"] + "\t" + "\t".join(f"{t['class']} {t['prob']:.3f}" for t in r["top"]))
+    return 1 if failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    export_checkpoint(args.checkpoint, args.format, args.out, opset=args.opset, data=args.data)
+    return 0
+
+
+def _cmd_show_data(args: argparse.Namespace) -> int:
+    from .data import load_split, resolve_data_dir
+    from .pictures import save_image_grid
+
+    if args.n < 1:
+        raise ResnetlabError(f"--n {args.n} must be at least 1")
+    data = load_split(resolve_data_dir(args.data), args.split)
+    n = min(args.n, len(data))
+    save_image_grid(args.out, data.images[:n], [data.class_names[int(k)] for k in data.labels[:n]])
+    print(f"wrote {args.out}: the first {n} {args.split} images with their labels")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .engine.metrics import plot_curves, read_csv
+
+    run = Path(args.run_dir)
+    rows = read_csv(run / "metrics.csv")
+    title = ""
+    try:
+        config = json.loads((run / "config.json").read_text())
+        title = f"{config.get('model')} ({config.get('preset') or 'custom'})"
+    except (OSError, ValueError):
+        pass  # the title is a nicety; the curves come from metrics.csv alone
+    plot_curves(run / "curves.png", rows, title=title)
+    print(f"wrote {run / 'curves.png'} from {len(rows)} epoch(s) of {run / 'metrics.csv'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per task."""
-    parser = _Parser(prog="resnetlab", description="Residual networks on PyTorch: build, inspect, train.")
+    parser = _Parser(prog="resnetlab", description="Residual networks on PyTorch: build, inspect, train, evaluate, predict, export.")
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -119,6 +207,43 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run from its train_state.pt, with its own config (default: runs/latest)")
     add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="measure a checkpoint on the test split: accuracy, per-class table, pictures")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
+    p.add_argument("--data", metavar="DIR", help="data folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--out", metavar="DIR", help="folder for report.json, confusion.png, mistakes.png (default: eval-<name> beside CKPT)")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default: auto)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="as in training (default: auto, the training rule, so figures match the run's)")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...) or folders of them")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
+    p.add_argument("inputs", metavar="FILE_OR_DIR", nargs="+", help="image files, or folders searched for images")
+    p.add_argument("--top-k", type=int, default=3, help="classes to list per image (default: 3)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format (default: table)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="write ONNX or TorchScript, checked against PyTorch")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="file format (default: onnx)")
+    p.add_argument("--out", metavar="FILE", help="output file (default: beside CKPT, .onnx or .torchscript.pt)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or later)")
+    p.add_argument("--data", metavar="DIR", help="data folder whose test images check the export")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("show-data", help="draw a labelled grid of data images (the book's show_images)")
+    p.add_argument("--n", type=int, default=32, help="how many images (default: 32)")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="which split (default: train)")
+    p.add_argument("--data", metavar="DIR", help="Fashion-MNIST folder (default: $RESNETLAB_DATA, then Debian's)")
+    p.add_argument("--out", metavar="FILE.png", default="fashion-mnist.png", help="output file (default: fashion-mnist.png)")
+    p.set_defaults(func=_cmd_show_data)
+
+    p = sub.add_parser("plot", help="redraw a run's curves.png from its metrics.csv")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("download", help="download a data set, checked against known SHA-256 sums")
     p.add_argument("dataset", choices=["fashion-mnist"], help="the data set (only fashion-mnist)")

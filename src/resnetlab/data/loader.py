@@ -23,6 +23,26 @@ import torch.nn.functional as F
 from .fashion_mnist import ImageSet
 
 
+def to_model_input(
+    images: torch.Tensor, image_size: int | None, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 images [N, C, H, W] -> float model input: scaled to [0, 1], resized, standardised.
+
+    The one definition of the model's input, shared by training, evaluation, prediction and
+    export checks: bilinear resizing to ``image_size`` squared (antialiased when shrinking),
+    then ``(x - mean) / std`` per channel when ``mean`` and ``std`` ([1, C, 1, 1]) are given.
+    """
+    x = images.float().div_(255)
+    if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
+        x = F.interpolate(
+            x, size=(image_size, image_size), mode="bilinear",
+            align_corners=False, antialias=image_size < max(x.shape[-2:]),
+        )
+    if mean is not None:
+        x = (x - mean) / std
+    return x
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training-time augmentation; the defaults do nothing."""
@@ -174,14 +194,7 @@ class DeviceLoader:
             images = random_crop(images, aug.crop_padding, gen)
         if aug.flip:
             images = random_flip(images, gen)
-        x = images.float().div_(255)
-        if self.image_size is not None and x.shape[-1] != self.image_size:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear",
-                align_corners=False, antialias=self.image_size < x.shape[-1],
-            )
-        if self.mean is not None:
-            x = (x - self.mean) / self.std
+        x = to_model_input(images, self.image_size, self.mean, self.std)
         if aug.erase_prob > 0:
             x = random_erase(x, aug.erase_prob, gen)
         if self.channels_last:

@@ -85,6 +85,12 @@ def build_from_weights(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[st
     from ..models import create_model
 
     state, metadata = load_weights(path)
-    model = create_model(metadata["model"], **metadata["model_args"])
-    model.load_state_dict(state)
+    try:
+        model = create_model(metadata["model"], **metadata["model_args"])
+        model.load_state_dict(state)
+    except KeyError as exc:
+        raise ResnetlabError(f"{path}: the header lacks {exc}; it was not written by resnetlab's training") from None
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ResnetlabError(f"{path}: the weights do not fit the model its header names ({first})") from None
     return model, metadata

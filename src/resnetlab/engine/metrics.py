@@ -7,7 +7,8 @@ import io
 import os
 from pathlib import Path
 
-from ..fileio import atomic_path, write_text
+from ..errors import ResnetlabError
+from ..fileio import write_text
 
 COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "examples_per_sec", "seconds"]
 
@@ -26,14 +27,30 @@ def _fmt(value: float | int) -> str:
     return str(value) if isinstance(value, int) else f"{value:.6g}"
 
 
+def read_csv(path: str | os.PathLike[str]) -> list[dict[str, float | int | None]]:
+    """Read a ``metrics.csv`` back into rows (numbers, None for empty cells)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ResnetlabError(f"{path}: cannot read it ({exc.strerror}); give a run folder holding metrics.csv") from None
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "epoch" not in reader.fieldnames:
+        raise ResnetlabError(f"{path}: not a resnetlab metrics.csv (no 'epoch' column)")
+    rows = []
+    for number, raw in enumerate(reader, start=2):
+        try:
+            rows.append({k: None if v in ("", None) else (int(v) if k == "epoch" else float(v)) for k, v in raw.items()})
+        except ValueError:
+            raise ResnetlabError(f"{path}, line {number}: not a number where one belongs") from None
+    return rows
+
+
 def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int | None]], title: str = "") -> None:
     """Draw train loss, train acc and val/test acc against epochs in one plot, as d2l's Animator."""
-    import matplotlib
+    from ..pictures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, ax = pyplot().subplots(figsize=(5, 3.5))
     epochs = [r["epoch"] for r in rows]
     for key, label, style in [
         ("train_loss", "train loss", "-"),
@@ -50,7 +67,4 @@ def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int |
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

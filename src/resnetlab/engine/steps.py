@@ -17,6 +17,15 @@ def autocast(device: torch.device, bf16: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+def class_scores(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """Float32 logits of ``model`` for a batch; with ``tta``, the log of the softmax averaged with the mirror image's."""
+    logits = model(x).float()
+    if not tta:
+        return logits
+    probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
+    return probs.clamp_min(1e-12).log()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta: bool = False) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` over every example of ``loader``.
@@ -31,10 +40,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta:
     count = 0
     for x, y in loader.batches():
         with autocast(loader.device, bf16):
-            logits = model(x).float()
-            if tta:
-                probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
-                logits = probs.clamp_min(1e-12).log()
+            logits = class_scores(model, x, tta)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
         count += len(y)

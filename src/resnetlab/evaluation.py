@@ -1,0 +1,159 @@
+"""``resnetlab eval``: a checkpoint measured on a test split, with per-class figures and pictures.
+
+It writes ``report.json`` (everything), ``confusion.png`` and ``mistakes.png`` (the most
+confident errors) and prints ``test acc T`` and a per-class table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .data import DeviceLoader, ImageSet, load_split, resolve_data_dir
+from .engine.checkpoint import build_from_weights
+from .engine.runtime import resolve_device, use_bf16
+from .engine.steps import autocast, class_scores
+from .errors import ResnetlabError
+from .fileio import write_text
+from .pictures import save_confusion, save_image_grid
+
+Log = Callable[[str], None]
+
+
+def data_folder(data: str | None, metadata: dict[str, Any]) -> Path:
+    """The data to evaluate on: ``--data``, else the folder the checkpoint was trained on, else the defaults."""
+    if data is None:
+        trained_on = (metadata.get("config") or {}).get("data")
+        if trained_on and Path(trained_on).is_dir():
+            data = trained_on
+    return resolve_data_dir(data)
+
+
+def load_test_split(data: str | None, metadata: dict[str, Any]) -> tuple[ImageSet, Path]:
+    """The test split matching a checkpoint, checked against its channels and classes."""
+    folder = data_folder(data, metadata)
+    test = load_split(folder, "test")
+    channels = metadata["input_size"][0]
+    if test.images.shape[1] != channels or list(test.class_names) != list(metadata["class_names"]):
+        raise ResnetlabError(
+            f"--data {folder}: its images ({test.images.shape[1]} channel(s), {len(test.class_names)} classes) do not "
+            f"match the checkpoint ({channels} channel(s), {len(metadata['class_names'])} classes); give the data it was trained on"
+        )
+    return test, folder
+
+
+def classification_report(labels: torch.Tensor, preds: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
+    """Confusion matrix (rows true, columns predicted), per-class precision, recall, F1, support, and macro means."""
+    k = len(class_names)
+    confusion = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
+    tp = confusion.diag().double()
+    predicted, actual = confusion.sum(0).double(), confusion.sum(1).double()
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), torch.zeros_like(tp))
+    per_class = [
+        {"class": name, "precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
+         "support": int(actual[i])}
+        for i, name in enumerate(class_names)
+    ]
+    macro = {"precision": precision.mean().item(), "recall": recall.mean().item(), "f1": f1.mean().item(),
+             "support": int(actual.sum())}
+    return {"per_class": per_class, "macro": macro, "confusion": confusion.tolist()}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-class table, as printed by ``resnetlab eval``."""
+    width = max(12, *(len(r["class"]) for r in report["per_class"]))
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    for row in [*report["per_class"], {"class": "macro avg", **report["macro"]}]:
+        lines.append(f"{row['class']:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:.4f}  {row['support']:7d}")
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    tta: bool = False,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int | None = None,
+    mistakes: int = 32,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
+
+    ``precision`` ``auto`` follows the training rule (bf16 on CUDA and on CPUs with native bf16),
+    so on the same machine the accuracy equals the one training reported.
+    """
+    checkpoint = Path(checkpoint)
+    model, metadata = build_from_weights(checkpoint)
+    test, folder = load_test_split(data, metadata)
+    out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    dev = resolve_device(device)
+    bf16 = use_bf16(precision, dev)
+    # Batches and memory format as in training, so the figures match the run's own to the last digit.
+    trained = metadata.get("config") or {}
+    channels_last = bool(trained.get("channels_last", False))
+    model = model.to(dev).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    norm = metadata.get("normalization")
+    loader = DeviceLoader(test, batch_size or int(trained.get("batch_size", 256)), device=dev,
+                          image_size=metadata["input_size"][1], channels_last=channels_last,
+                          mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
+    scores = []
+    with torch.no_grad():
+        for x, _ in loader.batches():
+            with autocast(dev, bf16):
+                scores.append(class_scores(model, x, tta).cpu())
+    logits = torch.cat(scores)
+    labels = test.labels
+    probs = logits.softmax(1)
+    confidence, preds = probs.max(1)
+    correct = int((preds == labels).sum())
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "data": str(folder),
+        "split": "test",
+        "count": len(labels),
+        "correct": correct,
+        "accuracy": correct / len(labels),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "tta": tta,
+        "precision": "bf16" if bf16 else "fp32",
+        "device": str(dev),
+        **classification_report(labels, preds, list(metadata["class_names"])),
+    }
+    wrong = (preds != labels).nonzero().flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True)][:mistakes]
+    names = metadata["class_names"]
+    report["mistakes"] = [
+        {"index": int(i), "true": names[labels[i]], "predicted": names[preds[i]], "prob": confidence[i].item()}
+        for i in worst
+    ]
+    write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    save_confusion(out_dir / "confusion.png", torch.tensor(report["confusion"]), names,
+                   title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
+    if len(worst):
+        save_image_grid(
+            out_dir / "mistakes.png", test.images[worst],
+            [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]],
+            title_colors=["firebrick"] * len(worst),
+        )
+    else:
+        (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
+    log(f"test acc {report['accuracy']:.4f}")
+    log(format_table(report))
+    log(f"{report['count']:,} test images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
+    return report

@@ -1,0 +1,193 @@
+"""``resnetlab export``: a checkpoint as ONNX or TorchScript, checked against PyTorch before it is kept.
+
+The exported graph takes pixels in [0, 1] of the model's input size ([N, C, H, W], float32,
+any batch size) and includes the training's standardisation; it returns ``logits`` and
+``probabilities``. Class names, input size and normalisation go into the file's metadata
+(ONNX ``metadata_props``; TorchScript ``extra_files``). After writing, the file is run beside
+PyTorch on real test images at batch sizes 1 and 7: the probabilities must agree within 1e-4
+and the top-1 classes exactly, or the export fails and no file is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .data.loader import to_model_input
+from .engine.checkpoint import build_from_weights
+from .errors import ResnetlabError
+from .fileio import atomic_path
+
+Log = Callable[[str], None]
+FORMATS = ("onnx", "torchscript")
+TOLERANCE = 1e-4
+CHECK_BATCHES = (1, 7)
+ONNX_EXTRA_HINT = "pip install 'resnetlab[onnx]'"
+
+
+class Deployable(nn.Module):
+    """The model with its input standardisation: pixels in [0, 1] -> (logits, probabilities)."""
+
+    def __init__(self, model: nn.Module, metadata: dict[str, Any]) -> None:
+        super().__init__()
+        self.model = model.eval()
+        channels = metadata["input_size"][0]
+        norm = metadata.get("normalization")
+        mean = torch.tensor(norm["mean"] if norm else [0.0] * channels).view(1, channels, 1, 1)
+        std = torch.tensor(norm["std"] if norm else [1.0] * channels).view(1, channels, 1, 1)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((pixels - self.mean) / self.std)
+        return logits, logits.softmax(1)
+
+
+def check_pixels(metadata: dict[str, Any], data: str | None, log: Log) -> torch.Tensor:
+    """Eight real test images as model-ready pixels in [0, 1]; random ones (said so) if no data is found."""
+    from .evaluation import load_test_split
+
+    channels, size, _ = metadata["input_size"]
+    try:
+        test, folder = load_test_split(data, metadata)
+        images = test.images[: 1 + max(CHECK_BATCHES)]
+        log(f"checking on {len(images)} test images from {folder}")
+    except ResnetlabError as exc:
+        log(f"no test images to check on ({exc}); checking on random images instead")
+        images = torch.randint(0, 256, (1 + max(CHECK_BATCHES), channels, size, size), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(0))
+    return to_model_input(images, size)
+
+
+def compare(name: str, run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, pixels: torch.Tensor) -> float:
+    """Run ``run`` and PyTorch at batch sizes 1 and 7; raise unless probabilities and top-1 agree. Returns the worst gap."""
+    worst, start = 0.0, 0
+    for batch in CHECK_BATCHES:
+        x = pixels[start : start + batch]
+        start += batch
+        with torch.no_grad():
+            expected = reference(x)[1]
+        got = run(x)
+        gap = (got - expected).abs().max().item()
+        worst = max(worst, gap)
+        if not gap <= TOLERANCE:
+            raise ResnetlabError(f"the {name} file disagrees with PyTorch at batch size {batch} "
+                                 f"(probabilities differ by {gap:.2g} > {TOLERANCE}); no file was written")
+        if not torch.equal(got.argmax(1), expected.argmax(1)):
+            raise ResnetlabError(f"the {name} file predicts other classes than PyTorch at batch size {batch}; no file was written")
+    return worst
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Raise a logger's level to ERROR for the duration (the exporter logs skipped torchvision ops)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _metadata_strings(metadata: dict[str, Any]) -> dict[str, str]:
+    return {
+        "model": metadata["model"],
+        "class_names": json.dumps(metadata["class_names"]),
+        "input_size": json.dumps(metadata["input_size"]),
+        "normalization": json.dumps(metadata.get("normalization")),
+        "input": "pixels: float32 [N, C, H, W] in [0, 1] at input_size; the graph standardises them",
+        "outputs": "logits, probabilities: float32 [N, classes]",
+    }
+
+
+def _export_onnx(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, opset: int | None, pixels: torch.Tensor) -> float:
+    try:
+        import onnx
+        import onnxruntime
+
+        importlib.import_module("onnxscript")  # the exporter needs it
+    except ImportError:
+        raise ResnetlabError(f"--format onnx needs the onnx extra; {ONNX_EXTRA_HINT}") from None
+    channels, size, _ = metadata["input_size"]
+    example = torch.rand(2, channels, size, size)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    try:
+        # The exporter reports its progress on stdout and warns about internals; the user needs neither.
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), _quiet("torch.onnx"):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                wrapper, (example,), dynamo=True, input_names=["pixels"], output_names=["logits", "probabilities"],
+                dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types; all mean the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResnetlabError(f"the ONNX exporter failed{f' at --opset {opset}' if opset else ''} ({first})") from None
+    proto = program.model_proto
+    for key, value in _metadata_strings(metadata).items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save_model(proto, str(tmp))
+    session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(["probabilities"], {"pixels": x.numpy()})[0])
+
+    return compare("ONNX", run, wrapper, pixels)
+
+
+def _export_torchscript(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, pixels: torch.Tensor) -> float:
+    channels, size, _ = metadata["input_size"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        traced = torch.jit.trace(wrapper, torch.rand(2, channels, size, size))
+        torch.jit.save(traced, str(tmp), _extra_files={"resnetlab.json": json.dumps(_metadata_strings(metadata))})
+        loaded = torch.jit.load(str(tmp))
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return loaded(x)[1]
+
+    return compare("TorchScript", run, wrapper, pixels)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    fmt: str = "onnx",
+    out: str | os.PathLike[str] | None = None,
+    *,
+    opset: int | None = None,
+    data: str | None = None,
+    log: Log = print,
+) -> Path:
+    """Export a weight file to ONNX or TorchScript, verify it against PyTorch, and return its path."""
+    if fmt not in FORMATS:
+        raise ResnetlabError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
+    if opset is not None and fmt != "onnx":
+        raise ResnetlabError("--opset applies to --format onnx only")
+    if opset is not None and not 7 <= opset <= 30:
+        raise ResnetlabError(f"--opset {opset} is out of range; use 18 or later (the exporter's default: leave it out)")
+    checkpoint = Path(checkpoint)
+    model, metadata = build_from_weights(checkpoint)
+    wrapper = Deployable(model.float(), metadata).eval()
+    target = Path(out) if out is not None else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
+    if not target.parent.is_dir():
+        raise ResnetlabError(f"--out {target}: the folder {target.parent} does not exist; create it or choose another")
+    pixels = check_pixels(metadata, data, log)
+    with atomic_path(target) as tmp:
+        if fmt == "onnx":
+            gap = _export_onnx(wrapper, metadata, tmp, opset, pixels)
+        else:
+            gap = _export_torchscript(wrapper, metadata, tmp, pixels)
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB); matches PyTorch at batch sizes "
+        f"{' and '.join(map(str, CHECK_BATCHES))} (largest probability gap {gap:.1e}, same top-1)")
+    return target

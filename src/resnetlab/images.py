@@ -1,0 +1,66 @@
+"""Reading the user's image files with Pillow into uint8 tensors of a model's channel count."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from .errors import ResnetlabError
+
+# What a folder is searched for; a file named on the command line is tried whatever its name.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class ImageError(ResnetlabError):
+    """A file that cannot be read as an image."""
+
+
+def pil_to_tensor(image, channels: int) -> torch.Tensor:
+    """A PIL image -> uint8 tensor [C, H, W] with ``channels`` (1: grayscale, 3: RGB), EXIF rotation applied."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    if channels == 1:
+        image = image.convert("L")
+    elif channels == 3:
+        image = image.convert("RGB")
+    else:
+        raise ResnetlabError(f"images can be given to 1- or 3-channel models, not {channels}-channel ones")
+    array = np.asarray(image, dtype=np.uint8)
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def read_image(path: str | os.PathLike[str], channels: int) -> torch.Tensor:
+    """Read an image file as a uint8 tensor [C, H, W], or raise :class:`ImageError` naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return pil_to_tensor(image, channels)
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a folder") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, WebP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{path}: damaged or unreadable image ({exc})") from None
+
+
+def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand folders into the image files below them (sorted); keep named files as they are."""
+    found: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(item)
+    return found

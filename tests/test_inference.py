@@ -1,0 +1,191 @@
+"""eval, predict, export, show-data, plot and `resnetlab.load`, on a tiny checkpoint trained in seconds."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import resnetlab
+from resnetlab.cli import main
+from resnetlab.data import DeviceLoader, load_split
+from resnetlab.engine import TrainConfig, fit
+from resnetlab.evaluation import classification_report
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """A finished tiny run (fp32, so figures can be compared exactly); returns its folder."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = TrainConfig(
+        model="resnet18", model_args={"stem": "small"}, data=str(tiny_data), val_split=100, limit_train=500,
+        batch_size=50, epochs=2, lr=0.05, momentum=0.9, precision="fp32", out=str(out),
+    )
+    fit(config, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ckpt(trained):
+    return trained / "best.safetensors"
+
+
+def png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_eval_matches_training_and_writes_report(trained, ckpt, tiny_data, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", str(ckpt), "--out", str(out)]) == 0  # data: the folder it was trained on
+    lines = capsys.readouterr().out.splitlines()
+    results = json.loads((trained / "results.json").read_text())
+    report = json.loads((out / "report.json").read_text())
+    assert report["accuracy"] == results["test_acc"]  # the same number the run reported
+    assert lines[0] == f"test acc {results['test_acc']:.4f}"
+    assert lines[1].split() == ["class", "precision", "recall", "f1", "support"]
+    assert [line.split()[0] for line in lines[2:12]] == [n.split()[0] for n in resnetlab.data.CLASS_NAMES]
+    assert report["count"] == 200 and sum(map(sum, report["confusion"])) == 200
+    assert sum(report["confusion"][i][i] for i in range(10)) == report["correct"]
+    assert len(report["mistakes"]) == min(32, 200 - report["correct"])
+    probs = [m["prob"] for m in report["mistakes"]]
+    assert probs == sorted(probs, reverse=True)  # the most confident errors first
+    for name in ("confusion.png", "mistakes.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_classification_report_by_hand():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])
+    preds = torch.tensor([0, 0, 1, 1, 2, 2])
+    r = classification_report(labels, preds, ["a", "b", "c"])
+    assert r["confusion"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    a, b, c = r["per_class"]
+    assert (a["precision"], a["recall"], a["support"]) == (1.0, 2 / 3, 3)
+    assert (b["precision"], b["recall"]) == (0.5, 0.5) and b["f1"] == 0.5
+    assert (c["precision"], c["recall"]) == (0.5, 1.0) and c["f1"] == pytest.approx(2 / 3)
+    assert r["macro"]["recall"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+
+
+def test_load_and_predict_agree_with_the_training_pipeline(ckpt, tiny_data, tmp_path):
+    clf = resnetlab.load(ckpt)
+    assert not clf.model.training and clf.class_names[7] == "Sneaker" and clf.image_size == 28
+    test = load_split(tiny_data, "test")
+    norm = clf.metadata["normalization"]
+    loader = DeviceLoader(test, 50, device="cpu", image_size=28, mean=norm["mean"], std=norm["std"])
+    with torch.no_grad():
+        expected = torch.cat([clf.model(x).softmax(1) for x, _ in loader.batches()])[:6]
+    images = test.images[:6]
+    # A uint8 batch, float tensors in [0, 1], PIL images and PNG files all give the training pipeline's answer.
+    assert torch.allclose(clf.probabilities(images), expected, atol=1e-6)
+    assert torch.allclose(clf.probabilities([im.float() / 255 for im in images]), expected, atol=1e-6)
+    pil = [Image.fromarray(im[0].numpy()) for im in images]
+    assert torch.allclose(clf.probabilities(pil), expected, atol=1e-6)
+    files = [png(tmp_path / f"{i}.png", im[0].numpy()) for i, im in enumerate(images)]
+    assert torch.allclose(clf.probabilities(files), expected, atol=1e-6)
+    preds = clf.predict(files, top_k=3)
+    assert [p.label for p in preds] == [clf.class_names[i] for i in expected.argmax(1)]
+    assert all(len(p.top) == 3 and p.top[0][1] >= p.top[1][1] >= p.top[2][1] for p in preds)
+
+
+def test_predict_command_formats_and_bad_files(ckpt, tiny_data, tmp_path, capsys):
+    test = load_split(tiny_data, "test")
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    png(folder / "a.png", test.images[0, 0].numpy())
+    # An RGB JPEG of another size: converted to the model's one channel and resized.
+    rgb = np.stack([np.kron(test.images[1, 0].numpy(), np.ones((2, 2), np.uint8))] * 3, axis=-1)
+    Image.fromarray(rgb).save(folder / "b.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")  # skipped: folders are searched for image suffixes
+    bad = tmp_path / "fake.png"
+    bad.write_text("not an image either")
+
+    assert main(["predict", str(ckpt), str(folder), "--format", "json", "--top-k", "2"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["file"] for r in result] == [str(folder / "a.png"), str(folder / "b.jpg")]
+    assert all(len(r["top"]) == 2 and 0 <= r["top"][1]["prob"] <= r["top"][0]["prob"] <= 1 for r in result)
+
+    assert main(["predict", str(ckpt), str(bad), str(folder / "a.png"), "--format", "csv", "--top-k", "1"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"resnetlab predict: error: {bad}: not an image Pillow can read (PNG, JPEG, BMP, WebP, ...)"
+    rows = captured.out.strip().splitlines()
+    assert rows[0] == "file,rank,class,prob" and rows[1].startswith(f"{folder / 'a.png'},1,")
+
+    assert main(["predict", str(ckpt), str(folder / "a.png")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(folder / "a.png")) and len(line.split("\t")) == 4  # file + top 3
+
+
+def one_line_error(capsys, argv, *needles):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for needle in needles:
+        assert needle in err[0], err[0]
+
+
+def test_bad_checkpoints_and_flags(ckpt, tmp_path, capsys):
+    one_line_error(capsys, ["eval", str(tmp_path / "none.safetensors")], "no such file")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 100)
+    one_line_error(capsys, ["eval", str(junk)], "not a safetensors weight file")
+    one_line_error(capsys, ["predict", str(ckpt), str(tmp_path), "--top-k", "0"], "--top-k 0")
+    (tmp_path / "empty").mkdir()
+    one_line_error(capsys, ["predict", str(ckpt), str(tmp_path / "empty")], "no image files")
+    one_line_error(capsys, ["export", str(ckpt), "--format", "torchscript", "--opset", "17"], "--opset applies to --format onnx")
+    one_line_error(capsys, ["export", str(ckpt), "--out", str(tmp_path / "no" / "m.onnx")], "does not exist")
+
+
+def test_export_onnx_matches_pytorch(ckpt, tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(ckpt), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "checking on 8 test images" in printed and "matches PyTorch at batch sizes 1 and 7" in printed
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["class_names"])[0] == "T-shirt/top" and json.loads(meta["input_size"]) == [1, 28, 28]
+    # Any batch size runs, with the standardisation inside the graph.
+    clf = resnetlab.load(ckpt)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    got = session.run(["probabilities"], {"pixels": (images.float() / 255).numpy()})[0]
+    assert np.allclose(got, clf.probabilities(images).numpy(), atol=1e-4)
+
+
+def test_export_that_disagrees_leaves_no_file(ckpt, tmp_path, capsys, monkeypatch):
+    import resnetlab.export as export
+
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass: the check must refuse the file
+    out = tmp_path / "m.pt"
+    one_line_error(capsys, ["export", str(ckpt), "--format", "torchscript", "--out", str(out)],
+                   "disagrees with PyTorch at batch size 1", "no file was written")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
+def test_export_torchscript(ckpt, tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    assert main(["export", str(ckpt), "--format", "torchscript", "--out", str(out)]) == 0
+    loaded = torch.jit.load(str(out))
+    logits, probs = loaded(torch.rand(3, 1, 28, 28))
+    assert logits.shape == probs.shape == (3, 10) and torch.allclose(probs.sum(1), torch.ones(3))
+
+
+def test_export_without_the_onnx_extra(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    one_line_error(capsys, ["export", str(ckpt), "--out", str(tmp_path / "m.onnx")], "pip install 'resnetlab[onnx]'")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_show_data_and_plot(trained, tiny_data, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["show-data", "--data", str(tiny_data), "--n", "12", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    (trained / "curves.png").unlink()
+    assert main(["plot", str(trained)]) == 0
+    assert (trained / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    one_line_error(capsys, ["plot", str(tmp_path)], "metrics.csv", "cannot read it")
