@@ -57,6 +57,18 @@ def write_fashion_mnist(folder: Path, n_train: int = 600, n_test: int = 200) -> 
     return folder
 
 
+def one_line_error(capsys, argv, *needles, code=2):
+    """Run the CLI with ``argv``: it must exit with ``code`` and print one stderr line holding every needle."""
+    from resnetlab.cli import main
+
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    for needle in needles:
+        assert needle in err[0], err[0]
+    return err[0]
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """A folder holding a tiny generated Fashion-MNIST (600 train, 200 test images)."""

@@ -8,20 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from conftest import one_line_error, write_idx
 from resnetlab.cli import main
 
 TINY = ["--model", "resnet18", "--image-size", "28", "--val-split", "100", "--limit-train", "300",
         "--batch-size", "50", "--epochs", "1", "--lr", "0.02", "--precision", "fp32"]
-
-
-def one_line_error(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    for needle in needles:
-        assert needle in err[0], err[0]
-    return err[0]
 
 
 def test_train_end_to_end_subprocess(tiny_data, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import resnetlab
+from conftest import one_line_error
 from resnetlab.cli import main
 from resnetlab.data import DeviceLoader, load_split
 from resnetlab.engine import TrainConfig, fit
@@ -117,14 +118,6 @@ def test_predict_command_formats_and_bad_files(ckpt, tiny_data, tmp_path, capsys
     assert main(["predict", str(ckpt), str(folder / "a.png")]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(str(folder / "a.png")) and len(line.split("\t")) == 4  # file + top 3
-
-
-def one_line_error(capsys, argv, *needles):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    for needle in needles:
-        assert needle in err[0], err[0]
 
 
 def test_bad_checkpoints_and_flags(ckpt, tmp_path, capsys):

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import one_line_error
 from resnetlab.cli import main
 from resnetlab.engine.state import STATE_FILE, load_train_state
 
@@ -184,15 +185,6 @@ def test_resume_defaults_to_runs_latest(tiny_data, tmp_path, monkeypatch, capsys
     assert main(["train", "--resume"]) == 0
     assert f"run folder runs/{target.name}" in capsys.readouterr().out
     assert (target / "results.json").exists()
-
-
-def one_line_error(capsys, argv, *needles, code=2):
-    assert main(argv) == code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    for needle in needles:
-        assert needle in err[0], err[0]
-    return err[0]
 
 
 @pytest.fixture
