@@ -57,6 +57,46 @@ def write_fashion_mnist(folder: Path, n_train: int = 600, n_test: int = 200) -> 
     return folder
 
 
+SHAPES = ("circle", "square", "triangle")
+
+
+def draw_shape(kind: str, size: int, rng: np.random.Generator, rgb: bool):
+    """A PIL image of one filled shape at a random place and size on a noisy background."""
+    from PIL import Image, ImageDraw
+
+    background = tuple(int(v) for v in rng.integers(0, 70, 3)) if rgb else int(rng.integers(0, 70))
+    image = Image.new("RGB" if rgb else "L", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    r = rng.uniform(0.25, 0.4) * size
+    cx, cy = rng.uniform(r, size - r, 2)
+    fill = tuple(int(v) for v in rng.integers(150, 256, 3)) if rgb else int(rng.integers(150, 256))
+    if kind == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif kind == "square":
+        draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    return image
+
+
+def write_shape_folder(root: Path, per_class: int = 30, layout: str = "single", seed: int = 0,
+                       sizes: tuple[int, ...] = (32,), classes: tuple[str, ...] = SHAPES) -> Path:
+    """A class-folder data set of drawn shapes as PNGs, half RGB and half grayscale.
+
+    ``layout`` "single": ``root/<class>/``; "split": ``root/{train,val,test}/<class>/`` with
+    ``per_class`` training images and a third as many validation and test images.
+    """
+    rng = np.random.default_rng(seed)
+    splits = {"": per_class} if layout == "single" else {"train": per_class, "val": per_class // 3, "test": per_class // 3}
+    for split, n in splits.items():
+        for kind in classes:
+            folder = root / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                draw_shape(kind, sizes[i % len(sizes)], rng, rgb=i % 2 == 0).save(folder / f"{kind}{i:03d}.png")
+    return root
+
+
 def one_line_error(capsys, argv, *needles, code=2):
     """Run the CLI with ``argv``: it must exit with ``code`` and print one stderr line holding every needle."""
     from resnetlab.cli import main

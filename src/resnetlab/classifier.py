@@ -42,6 +42,9 @@ class Classifier:
         self.class_names: list[str] = list(metadata["class_names"])
         self.channels, height, width = metadata["input_size"]
         self.image_size: int = int(height)
+        # Images are brought to the size the training data had (Pillow, bilinear) before the
+        # model's own resize, as in training; older files without it go straight to the model's size.
+        self.stored_size: int | None = metadata.get("stored_size")
         norm = metadata.get("normalization")
         shape = (1, self.channels, 1, 1)
         self.mean = torch.tensor(norm["mean"], device=self.device).view(shape) if norm else None
@@ -50,7 +53,7 @@ class Classifier:
     def to_uint8(self, image: ImageLike) -> torch.Tensor:
         """One image (path, PIL image, or tensor [C, H, W]) -> uint8 tensor [C, H, W] with the model's channels."""
         if isinstance(image, (str, os.PathLike)):
-            return read_image(image, self.channels)
+            return read_image(image, self.channels, self.stored_size)
         if isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] != self.channels:
                 raise ResnetlabError(
@@ -61,7 +64,7 @@ class Classifier:
             # Float tensors are taken as pixels in [0, 1], as torchvision's ToTensor gives them.
             return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
         if hasattr(image, "convert"):  # a PIL image
-            return pil_to_tensor(image, self.channels)
+            return pil_to_tensor(image, self.channels, self.stored_size)
         raise ResnetlabError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or a tensor")
 
     def prepare(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:

@@ -155,11 +155,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_show_data(args: argparse.Namespace) -> int:
     from .data import load_split, resolve_data_dir
+    from .data.folder import is_class_folder, load_class_folder
     from .pictures import save_image_grid
 
     if args.n < 1:
         raise ResnetlabError(f"--n {args.n} must be at least 1")
-    data = load_split(resolve_data_dir(args.data), args.split)
+    if is_class_folder(args.data):
+        found = load_class_folder(args.data, warn=lambda message: print(message, file=sys.stderr))
+        data = found.train if args.split == "train" else found.test if found.test is not None else found.val
+    else:
+        data = load_split(resolve_data_dir(args.data), args.split)
     n = min(args.n, len(data))
     save_image_grid(args.out, data.images[:n], [data.class_names[int(k)] for k in data.labels[:n]])
     print(f"wrote {args.out}: the first {n} {args.split} images with their labels")
@@ -237,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show-data", help="draw a labelled grid of data images (the book's show_images)")
     p.add_argument("--n", type=int, default=32, help="how many images (default: 32)")
     p.add_argument("--split", choices=["train", "test"], default="train", help="which split (default: train)")
-    p.add_argument("--data", metavar="DIR", help="Fashion-MNIST folder (default: $RESNETLAB_DATA, then Debian's)")
+    p.add_argument("--data", metavar="DIR", help="Fashion-MNIST or class folders (default: $RESNETLAB_DATA, then Debian's)")
     p.add_argument("--out", metavar="FILE.png", default="fashion-mnist.png", help="output file (default: fashion-mnist.png)")
     p.set_defaults(func=_cmd_show_data)
 

@@ -1,6 +1,7 @@
 """``resnetlab eval``: a checkpoint measured on a test split, with per-class figures and pictures.
 
-It writes ``report.json`` (everything), ``confusion.png`` and ``mistakes.png`` (the most
+The split is Fashion-MNIST's test set, or a class folder's ``test/`` (else its validation images,
+and the printed line says ``val acc``). It writes ``report.json`` (everything), ``confusion.png`` and ``mistakes.png`` (the most
 confident errors) and prints ``test acc T`` and a per-class table.
 """
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import DeviceLoader, ImageSet, load_split, resolve_data_dir
+from .data.folder import is_class_folder, load_class_folder
 from .engine.checkpoint import build_from_weights
 from .engine.runtime import resolve_device, use_bf16
 from .engine.steps import autocast, class_scores
@@ -25,26 +27,39 @@ from .pictures import save_confusion, save_image_grid
 Log = Callable[[str], None]
 
 
-def data_folder(data: str | None, metadata: dict[str, Any]) -> Path:
-    """The data to evaluate on: ``--data``, else the folder the checkpoint was trained on, else the defaults."""
+def data_folder(data: str | None, metadata: dict[str, Any]) -> str | None:
+    """The data to evaluate on: ``--data``, else the folder the checkpoint was trained on, else None (the defaults)."""
     if data is None:
         trained_on = (metadata.get("config") or {}).get("data")
         if trained_on and Path(trained_on).is_dir():
             data = trained_on
-    return resolve_data_dir(data)
+    return data
 
 
-def load_test_split(data: str | None, metadata: dict[str, Any]) -> tuple[ImageSet, Path]:
-    """The test split matching a checkpoint, checked against its channels and classes."""
-    folder = data_folder(data, metadata)
-    test = load_split(folder, "test")
+def load_test_split(data: str | None, metadata: dict[str, Any]) -> tuple[ImageSet, Path, str]:
+    """The split to test a checkpoint on, checked against its channels and classes: ``(images, folder, split)``.
+
+    Fashion-MNIST: its test split. A class folder: ``test/``, else ``val/``, else the validation
+    part of the seeded split the run made (same seed and fraction, from the checkpoint).
+    """
+    where = data_folder(data, metadata)
     channels = metadata["input_size"][0]
+    if is_class_folder(where):
+        config = metadata.get("config") or {}
+        found = load_class_folder(where, image_size=metadata.get("stored_size") or metadata["input_size"][1],
+                                  channels=channels, val_fraction=config.get("val_fraction", 0.2),
+                                  seed=config.get("seed", 0), warn=None)
+        test, split = (found.test, "test") if found.test is not None else (found.val, "val")
+        folder = Path(where)
+    else:
+        folder = resolve_data_dir(where)
+        test, split = load_split(folder, "test"), "test"
     if test.images.shape[1] != channels or list(test.class_names) != list(metadata["class_names"]):
         raise ResnetlabError(
             f"--data {folder}: its images ({test.images.shape[1]} channel(s), {len(test.class_names)} classes) do not "
             f"match the checkpoint ({channels} channel(s), {len(metadata['class_names'])} classes); give the data it was trained on"
         )
-    return test, folder
+    return test, folder, split
 
 
 def classification_report(labels: torch.Tensor, preds: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
@@ -94,7 +109,7 @@ def evaluate_checkpoint(
     """
     checkpoint = Path(checkpoint)
     model, metadata = build_from_weights(checkpoint)
-    test, folder = load_test_split(data, metadata)
+    test, folder, split = load_test_split(data, metadata)
     out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -125,7 +140,7 @@ def evaluate_checkpoint(
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint),
         "data": str(folder),
-        "split": "test",
+        "split": split,
         "count": len(labels),
         "correct": correct,
         "accuracy": correct / len(labels),
@@ -153,7 +168,7 @@ def evaluate_checkpoint(
         )
     else:
         (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
-    log(f"test acc {report['accuracy']:.4f}")
+    log(f"{split} acc {report['accuracy']:.4f}")
     log(format_table(report))
-    log(f"{report['count']:,} test images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
+    log(f"{report['count']:,} {split} images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
     return report

@@ -58,15 +58,16 @@ def check_pixels(metadata: dict[str, Any], data: str | None, log: Log) -> torch.
     from .evaluation import load_test_split
 
     channels, size, _ = metadata["input_size"]
+    stored = metadata.get("stored_size") or size
     try:
-        test, folder = load_test_split(data, metadata)
-        images = test.images[: 1 + max(CHECK_BATCHES)]
-        log(f"checking on {len(images)} test images from {folder}")
+        test, folder, split = load_test_split(data, metadata)
+        images = test.images[: sum(CHECK_BATCHES)]
+        log(f"checking on {len(images)} {split} images from {folder}")
     except ResnetlabError as exc:
         log(f"no test images to check on ({exc}); checking on random images instead")
-        images = torch.randint(0, 256, (1 + max(CHECK_BATCHES), channels, size, size), dtype=torch.uint8,
+        images = torch.randint(0, 256, (sum(CHECK_BATCHES), channels, stored, stored), dtype=torch.uint8,
                                generator=torch.Generator().manual_seed(0))
-    return to_model_input(images, size)
+    return to_model_input(images, size)  # the loader's resize from the stored size, without standardising
 
 
 def compare(name: str, run: Callable[[torch.Tensor], torch.Tensor], reference: nn.Module, pixels: torch.Tensor) -> float:

@@ -19,9 +19,13 @@ class ImageError(ResnetlabError):
     """A file that cannot be read as an image."""
 
 
-def pil_to_tensor(image, channels: int) -> torch.Tensor:
-    """A PIL image -> uint8 tensor [C, H, W] with ``channels`` (1: grayscale, 3: RGB), EXIF rotation applied."""
-    from PIL import ImageOps
+def pil_to_tensor(image, channels: int, size: int | None = None) -> torch.Tensor:
+    """A PIL image -> uint8 tensor [C, H, W] with ``channels`` (1: grayscale, 3: RGB), EXIF rotation applied.
+
+    With ``size``, the image is first resized to ``size`` squared with Pillow's bilinear filter:
+    what class-folder data sets are cached as, and so what prediction must do too.
+    """
+    from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
     if channels == 1:
@@ -30,21 +34,23 @@ def pil_to_tensor(image, channels: int) -> torch.Tensor:
         image = image.convert("RGB")
     else:
         raise ResnetlabError(f"images can be given to 1- or 3-channel models, not {channels}-channel ones")
+    if size is not None and image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
     array = np.asarray(image, dtype=np.uint8)
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | os.PathLike[str], channels: int) -> torch.Tensor:
-    """Read an image file as a uint8 tensor [C, H, W], or raise :class:`ImageError` naming it."""
+def read_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> torch.Tensor:
+    """Read an image file as a uint8 tensor [C, H, W] (see :func:`pil_to_tensor`), or raise :class:`ImageError` naming it."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     try:
         with Image.open(path) as image:
             image.load()
-            return pil_to_tensor(image, channels)
+            return pil_to_tensor(image, channels, size)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:

@@ -23,7 +23,7 @@ from ..errors import ResnetlabError
 from ..fileio import atomic_path
 
 FORMAT = "resnetlab.weights/1"
-_JSON_KEYS = ("model_args", "class_names", "input_size", "normalization", "metrics", "versions", "config")
+_JSON_KEYS = ("model_args", "class_names", "input_size", "stored_size", "normalization", "metrics", "versions", "config")
 
 
 def versions() -> dict[str, str]:

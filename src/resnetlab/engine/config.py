@@ -24,14 +24,19 @@ class TrainConfig:
     preset: str | None = None  # the preset these values started from (d2l, cpu, fast, best), or None
     model: str = "d2l_resnet18"  # a registered model name (see `resnetlab models`)
     model_args: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. {"stem": "small"}
-    init: str = "default"  # weight init: "default" (the model's own) or "xavier" (the book: Xavier-uniform conv and linear weights)
+    init: str = "default"  # "default" (the model's own init), "xavier" (the book's: Xavier-uniform conv and linear weights), or a weight file (.safetensors, or .pth read weights-only) to start from
+    init_non_strict: bool = False  # with --init FILE: keep the model's own values where the file's do not fit, instead of stopping
+    freeze_backbone: bool = False  # train only the classifier head (the backbone's weights and batch-norm statistics stay fixed)
 
     # --- data ---
-    data: str | None = None  # Fashion-MNIST folder; None: $RESNETLAB_DATA, else Debian's /usr/share/datasets/fashion-mnist
-    val_split: int = 5000  # training images held out (seeded) to pick the best epoch; 0: train on all 60,000
+    data: str | None = None  # Fashion-MNIST folder, or a class-folder data set (DIR/train/<class>/*, DIR/val/..., or DIR/<class>/*); None: $RESNETLAB_DATA, else Debian's /usr/share/datasets/fashion-mnist
+    val_split: int = 5000  # Fashion-MNIST: training images held out (seeded) to pick the best epoch; 0: train on all 60,000
+    val_fraction: float = 0.2  # class folders without val/: the share of each class held out (seeded, stratified)
+    channels: int | None = None  # 1 or 3: force grayscale or RGB; None: as the data are
+    strict: bool = False  # class folders: stop on files that are not readable images instead of skipping them with a warning
     limit_train: int | None = None  # use only the first N training images (quick tries, tests)
     limit_test: int | None = None  # evaluate on only the first N test images
-    image_size: int = 28  # side of the square model input; images are resized (bilinear) on the device
+    image_size: int | None = 28  # side of the square model input (images are resized, bilinear); None: the data's own (class folders: median side, at most 224)
     normalize: bool = True  # standardise pixels with the training set's mean and std; False: only scale to [0, 1]
     crop_padding: int = 0  # augmentation: random crop after zero-padding by this many pixels (0: off)
     flip: bool = False  # augmentation: random horizontal flip
@@ -149,8 +154,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return values
 
 
+INIT_SCHEMES = ("default", "xavier")
 CHOICES = {
-    "init": ("default", "xavier"),
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "step", "cosine", "onecycle"),
     "device": ("auto", "cpu", "cuda"),
@@ -168,11 +173,17 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, options in CHOICES.items():
         if getattr(config, name) not in options:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)!r} is not one of: {', '.join(options)}")
-    positive = ["epochs", "batch_size", "image_size", "step_epochs"]
+    positive = ["epochs", "batch_size", "step_epochs"]
     for name in positive:
         if getattr(config, name) < 1:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must be at least 1")
-    for name in ("limit_train", "limit_test"):
+    if config.init not in INIT_SCHEMES and not Path(config.init).is_file():
+        raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, or a .safetensors/.pth weight file")
+    if config.channels not in (None, 1, 3):
+        raise ResnetlabError(f"--channels {config.channels} must be 1 (grayscale) or 3 (RGB)")
+    if not 0 < config.val_fraction < 1:
+        raise ResnetlabError(f"--val-fraction {config.val_fraction} must be between 0 and 1")
+    for name in ("limit_train", "limit_test", "image_size"):
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ResnetlabError(f"{flag(name)} {value} must be at least 1")

@@ -12,8 +12,9 @@ from .config import TrainConfig
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD or AdamW; weight decay applies to conv and linear weights, not to norms and biases."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # not the frozen backbone's
+    decay = [p for p in trainable if p.ndim > 1]
+    no_decay = [p for p in trainable if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr)

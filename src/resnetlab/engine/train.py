@@ -24,11 +24,13 @@ import torch
 from torch import nn
 
 from ..data import Augment, DeviceLoader, ImageSet, load_fashion_mnist, split_train_val
+from ..data.folder import is_class_folder, load_class_folder
 from ..errors import NonFiniteLossError, ResnetlabError, TrainingStopped
 from ..fileio import remove_stale_temporaries, write_text
 from ..models import create_model
 from .checkpoint import save_weights, unwrap, versions
-from .config import TrainConfig, load_config_file, validate
+from .config import INIT_SCHEMES, TrainConfig, load_config_file, validate
+from .initialize import freeze_backbone, load_initial_weights, set_train_mode
 from .metrics import plot_curves, write_csv
 from .optim import make_optimizer, make_scheduler
 from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
@@ -50,8 +52,8 @@ class TrainResult:
     device: str
     train_loss: float  # last epoch, measured during training as the book does
     train_acc: float
-    test_acc: float  # with the best weights (by validation accuracy; the last epoch without validation)
-    test_loss: float
+    test_acc: float | None  # with the best weights (by validation accuracy; the last epoch without validation); None: no test split
+    test_loss: float | None
     best_epoch: int
     best_val_acc: float | None
     examples_per_sec: float  # training images per second over training steps only, as the book's timer
@@ -68,8 +70,13 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
 
-def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.Module:
-    """Create the configured model for the data's channels and classes, with the configured init."""
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Log | None = None) -> nn.Module:
+    """Create the configured model for the data's channels and classes, with the configured init.
+
+    With ``--init FILE`` the file's weights are copied in as far as they fit and the table of
+    what was loaded is passed to ``log``; without ``log`` (a resumed run, whose state holds the
+    weights) the file is not read at all.
+    """
     args = {"in_channels": in_channels, "num_classes": num_classes, **config.model_args}
     try:
         model = create_model(config.model, **args)
@@ -77,6 +84,10 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int) -> nn.M
         raise ResnetlabError(f"--model-args {json.dumps(config.model_args)} do not fit {config.model} ({exc})") from None
     if config.init == "xavier":
         xavier_init(model)
+    elif config.init not in INIT_SCHEMES and log is not None:
+        log(load_initial_weights(model, config.init, non_strict=config.init_non_strict).table())
+    if config.freeze_backbone:
+        freeze_backbone(model)
     return model
 
 
@@ -105,17 +116,43 @@ def prepare_run_dir(out: str | None, model_name: str) -> Path:
     return run_dir
 
 
-def load_data(config: TrainConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]:
-    """Fashion-MNIST as (train, validation or None, test), with the configured split and limits."""
-    train, test = load_fashion_mnist(config.data)
-    val = None
-    if config.val_split > 0:
-        train, val = split_train_val(train, config.val_split, config.seed)
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def load_data(config: TrainConfig, warn: Log = _warn) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+    """(train, validation or None, test or None): Fashion-MNIST or a class folder, split and limited as configured.
+
+    A class folder without ``test/`` has no test split: its runs report validation accuracy only.
+    """
+    if is_class_folder(config.data):
+        folder = load_class_folder(
+            config.data, image_size=config.image_size, channels=config.channels, val_fraction=config.val_fraction,
+            seed=config.seed, strict=config.strict, warn=warn,
+        )
+        train, val, test = folder.train, folder.val, folder.test
+    else:
+        train, test = load_fashion_mnist(config.data)
+        val = None
+        if config.val_split > 0:
+            train, val = split_train_val(train, config.val_split, config.seed)
+        if config.channels == 3:  # e.g. to fine-tune an RGB model: the gray channel three times
+            train, test = (ImageSet(d.images.expand(-1, 3, -1, -1).contiguous(), d.labels, d.class_names) for d in (train, test))
+            val = ImageSet(val.images.expand(-1, 3, -1, -1).contiguous(), val.labels, val.class_names) if val else None
     if config.limit_train is not None:
         train = train.subset(torch.arange(min(config.limit_train, len(train))))
-    if config.limit_test is not None:
+    if config.limit_test is not None and test is not None:
         test = test.subset(torch.arange(min(config.limit_test, len(test))))
     return train, val, test
+
+
+def resolve_from_data(config: TrainConfig, train: ImageSet) -> TrainConfig:
+    """Fill in what the config leaves to the data: the image size (None) and the stem ("auto": small up to 64 px)."""
+    size = config.image_size or int(train.images.shape[-1])
+    args = dict(config.model_args)
+    if args.get("stem") == "auto":
+        args["stem"] = "small" if size <= 64 else "imagenet"
+    return config.replace(image_size=size, model_args=args)
 
 
 def data_fingerprint(*sets: ImageSet | None) -> str:
@@ -203,6 +240,7 @@ class _Run:
         configure_backends(device, config.deterministic)
 
         train, val, test = load_data(config)
+        self.config = config = resolve_from_data(config, train)
         if len(train) < config.batch_size:
             raise ResnetlabError(
                 f"--batch-size {config.batch_size} is larger than the {len(train)} training images; lower it"
@@ -215,7 +253,7 @@ class _Run:
             )
         seed_everything(config.seed)
         in_channels, num_classes = train.images.shape[1], len(train.class_names)
-        model = build_model(config, in_channels, num_classes).to(device)
+        model = build_model(config, in_channels, num_classes, log=log if state is None else None).to(device)
         if run_dir is None:
             # Only now, with data and model in hand, does the run get a folder: a bad flag leaves nothing behind.
             run_dir = prepare_run_dir(config.out, config.model)
@@ -234,7 +272,7 @@ class _Run:
 
         self.train_loader = loader(train, True)
         self.val_loader = loader(val, False) if val is not None else None
-        self.test_loader = loader(test, False)
+        self.test_loader = loader(test, False) if test is not None else None
         optimizer = make_optimizer(config, model)
         self.training = Training(
             config=config,
@@ -254,6 +292,9 @@ class _Run:
             "num_classes": num_classes,
             "class_names": list(train.class_names),
             "input_size": [in_channels, config.image_size, config.image_size],
+            # The side the images had before the loader's resize: new images are first brought to it
+            # the way the data were (Pillow, bilinear), so prediction sees what training saw.
+            "stored_size": int(train.images.shape[-1]),
             "normalization": {"mean": mean, "std": std} if mean is not None else None,
             "preset": config.preset or "",
             "versions": versions(),
@@ -265,7 +306,7 @@ class _Run:
             self.progress = restore_train_state(state, self.training)
             self.best_weights = state["best_model"]
         self.elapsed_before = self.progress.elapsed_seconds
-        sizes = (len(train), len(val) if val is not None else 0, len(test))
+        sizes = (len(train), len(val) if val is not None else 0, len(test) if test is not None else 0)
         self.log(
             f"{'resuming' if state is not None else 'training'} {config.model} on {sizes[0]:,} images "
             f"({len(self.train_loader)} steps/epoch), validating on {sizes[1]:,}, testing on {sizes[2]:,}; "
@@ -294,7 +335,7 @@ class _Run:
         p, training, loader = self.progress, self.training, self.train_loader
         if p.step == 0:
             p.start_epoch(self.device)
-        training.model.train()
+        set_train_mode(training.model, self.config.freeze_backbone)
         bar = None
         if _console_progress():
             from tqdm import tqdm
@@ -353,7 +394,7 @@ class _Run:
         train_acc = int(p.correct) / p.seen if p.seen else float("nan")
         net = self.training.eval_model
         val_acc = self._accuracy(net, self.val_loader) if self.val_loader else None
-        test_acc = self._accuracy(net, self.test_loader) if config.test_each_epoch else None
+        test_acc = self._accuracy(net, self.test_loader) if config.test_each_epoch and self.test_loader else None
         row = {
             "epoch": p.epoch + 1,
             "lr": self.training.optimizer.param_groups[0]["lr"],
@@ -431,7 +472,9 @@ class _Run:
         p = self.progress
         best = copy.deepcopy(unwrap(self.training.eval_model))
         best.load_state_dict(self.best_weights)
-        test_metrics = evaluate(best, self.test_loader, bf16=self.bf16, tta=self.config.tta)
+        test_metrics = {"acc": None, "loss": None}  # a class folder without test/ has nothing to report here
+        if self.test_loader is not None:
+            test_metrics = evaluate(best, self.test_loader, bf16=self.bf16, tta=self.config.tta)
         last = p.history[-1]
         result = TrainResult(
             run_dir=self.run_dir,
@@ -449,8 +492,10 @@ class _Run:
             history=p.history,
         )
         write_results(result)
-        # The book's two closing lines (d2l.train_ch6).
-        self.log(f"loss {result.train_loss:.3f}, train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}")
+        # The book's two closing lines (d2l.train_ch6); without a test split, the best validation accuracy instead.
+        final = (f"test acc {result.test_acc:.3f}" if result.test_acc is not None
+                 else f"val acc {result.best_val_acc:.3f} (no test split)")
+        self.log(f"loss {result.train_loss:.3f}, train acc {result.train_acc:.3f}, {final}")
         self.log(f"{result.examples_per_sec:.1f} examples/sec on {result.device}")
         return result
 

@@ -92,6 +92,25 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str | None]
         if not isinstance(flags["model_args"], dict):
             raise ResnetlabError('--model-args must be a JSON object, like \'{"stem": "small"}\'')
     config = check_types(config.replace(**flags), "flags")
+    from ..data.folder import is_class_folder
+
+    if is_class_folder(config.data):
+        # The presets are Fashion-MNIST recipes; for your own images the model and size follow the data
+        # unless you chose them.
+        chosen = set(file_values) | set(flags)
+        defaults: dict[str, Any] = {}
+        if "model" not in chosen:
+            defaults["model"] = "resnet18"
+            if "model_args" not in chosen:
+                defaults["model_args"] = {"stem": "auto"}
+        if "image_size" not in chosen:
+            defaults["image_size"] = None
+        config = config.replace(**defaults)
+        note = (note + "; " if note else "") + (
+            f"class folders in {config.data}: model {config.model}"
+            + (" (stem by image size)" if config.model_args.get("stem") == "auto" else "")
+            + (", image size from the data" if config.image_size is None else "")
+        )
     from ..models import model_spec
 
     model_spec(config.model)  # an unknown --model is reported before any data is read

@@ -1,0 +1,195 @@
+"""Starting from trained weights (``--init FILE``) and training only the head (``--freeze-backbone``).
+
+The source is one of our ``.safetensors`` files (or any safetensors state dict), or a PyTorch
+``.pth``/``.pt`` file such as torchvision's ResNet weights, read with
+``torch.load(weights_only=True)``, so no code in it runs. Our ResNets use torchvision's key
+names, so its files load as they are. What does not fit is handled in the open:
+
+- ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped;
+- the classifier head is re-initialised when the number of classes differs;
+- the first convolution is adapted when the input channels differ: for one channel the RGB
+  kernels are summed (a gray image then gives the response the colour image would), for more
+  they are repeated and scaled by ``source / target`` channels (so the response keeps its scale);
+- any other missing key or shape mismatch is an error, unless ``non_strict``, which keeps the
+  model's own initial values for those and lists them.
+
+A table of loaded, adapted, re-initialised and ignored keys is returned for printing.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ResnetlabError
+
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def head_name(model: nn.Module) -> str:
+    """The qualified name of the model's classifier: its last ``nn.Linear`` (``fc``; ``7`` in the book's net)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ResnetlabError(f"{type(model).__name__} has no linear classifier to replace or train")
+    return names[-1]
+
+
+def first_conv_name(model: nn.Module) -> str | None:
+    """The qualified name of the model's first ``nn.Conv2d`` (the one that sees the input channels)."""
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a weight file: safetensors, or a ``.pth``/``.pt`` read with ``weights_only=True``.
+
+    A checkpoint dict holding the weights under ``state_dict`` or ``model`` (as many training
+    scripts and our ``train_state.pt`` write) is unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ResnetlabError(f"--init {path}: no such file; give default, xavier, or a .safetensors/.pth weight file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and head[:1] != b"\x80"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ResnetlabError(f"--init {path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ResnetlabError(
+            f"--init {path}: refused to load it: it holds Python objects, not just tensors, and loading it could "
+            "run code; save its state_dict alone (torch.save(model.state_dict(), FILE)) from a source you trust"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ResnetlabError(f"--init {path}: not a readable PyTorch weight file ({first})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ResnetlabError(f"--init {path}: expected a state dict (names to tensors), found {type(obj).__name__}")
+    return obj
+
+
+def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove ``module.`` and ``_orig_mod.`` wherever they lead a key (they can be nested)."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A conv kernel [O, C_src, k, k] for ``channels`` inputs: summed for one, repeated and scaled for more."""
+    source = weight.shape[1]
+    if channels == 1:
+        return weight.sum(1, keepdim=True)
+    repeats = -(-channels // source)
+    return weight.repeat(1, repeats, 1, 1)[:, :channels] * (source / channels)
+
+
+@dataclass
+class InitReport:
+    """What happened to each key of the model: loaded, adapted, re-initialised, or ignored (source only)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[tuple[str, str]] = field(default_factory=list)
+    reinitialised: list[tuple[str, str]] = field(default_factory=list)
+    ignored: list[tuple[str, str]] = field(default_factory=list)
+
+    def table(self) -> str:
+        """The printed table: one row per status with its count and keys (loaded keys abbreviated)."""
+        rows = [
+            ("loaded", len(self.loaded), ", ".join(self.loaded[:4]) + (", ..." if len(self.loaded) > 4 else "")),
+            ("adapted", len(self.adapted), "; ".join(f"{k} ({why})" for k, why in self.adapted)),
+            ("re-initialised", len(self.reinitialised), "; ".join(f"{k} ({why})" for k, why in self.reinitialised)),
+            ("ignored", len(self.ignored), "; ".join(f"{k} ({why})" for k, why in self.ignored)),
+        ]
+        lines = [f"initial weights from {self.source}:", f"  {'status':<15s}{'keys':>5s}  which"]
+        lines += [f"  {status:<15s}{count:5d}  {which or '-'}" for status, count, which in rows]
+        return "\n".join(lines)
+
+
+def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], non_strict: bool = False) -> InitReport:
+    """Copy the weights of ``path`` into ``model`` as far as they fit (see the module's description)."""
+    source = strip_prefixes(read_state_dict(path))
+    target = model.state_dict()
+    head = head_name(model)
+    conv = first_conv_name(model)
+    report = InitReport(source=str(path))
+    new_state, problems = {}, []
+    for key, value in target.items():
+        if key not in source:
+            if key.startswith(head + "."):
+                report.reinitialised.append((key, "not in the source"))
+            elif non_strict:
+                report.reinitialised.append((key, "not in the source"))
+            else:
+                problems.append(f"{key} is missing")
+            continue
+        got = source[key]
+        if got.shape == value.shape:
+            new_state[key] = got.to(value.dtype)
+            report.loaded.append(key)
+        elif key.startswith(head + "."):
+            report.reinitialised.append((key, f"{got.shape[0]} -> {value.shape[0]} classes"))
+        elif conv is not None and key == f"{conv}.weight" and got.ndim == 4 and got.shape[0] == value.shape[0] \
+                and got.shape[2:] == value.shape[2:]:
+            new_state[key] = adapt_input_conv(got.float(), value.shape[1]).to(value.dtype)
+            how = "summed" if value.shape[1] == 1 else "repeated and scaled"
+            report.adapted.append((key, f"{got.shape[1]} -> {value.shape[1]} input channels, kernels {how}"))
+        elif non_strict:
+            report.reinitialised.append((key, f"shape {list(got.shape)} does not fit {list(value.shape)}"))
+        else:
+            problems.append(f"{key} has shape {list(got.shape)}, the model needs {list(value.shape)}")
+    for key in source:
+        if key not in target:
+            report.ignored.append((key, "not in the model"))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ResnetlabError(
+            f"--init {path} does not fit {getattr(model, 'model_name', type(model).__name__)}: "
+            f"{'; '.join(problems[:3])}{more}; use weights of the same architecture, or --init-non-strict to keep "
+            "the model's own values where they do not fit"
+        )
+    model.load_state_dict(new_state, strict=False)
+    return report
+
+
+def freeze_backbone(model: nn.Module) -> list[str]:
+    """Let only the classifier head learn: other parameters stop requiring gradients. Returns the trainable names."""
+    head = head_name(model)
+    trainable = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(head + "."))
+        if p.requires_grad:
+            trainable.append(name)
+    return trainable
+
+
+def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
+    """``model.train()``; with a frozen backbone its batch-norm layers stay in eval mode (statistics frozen too)."""
+    model.train()
+    if frozen_backbone:
+        head = head_name(model)
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
+                m.eval()
