@@ -41,7 +41,9 @@ def test_loss_falls_on_512_images(real_data, tmp_path):
     result = fit(config, log=quiet)
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < 0.7 * losses[0], losses
-    assert result.test_acc > 0.5
+    # Well above chance (0.1). After 32 steps the figure swings between about 0.42 and 0.71 with
+    # nothing but the thread count changed (float rounding; measured 2026-11-26), so no tighter bound.
+    assert result.test_acc > 0.3
 
 
 def test_learns_tiny_data(tiny_data, tmp_path):

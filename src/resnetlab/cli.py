@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .errors import ResnetlabError, TrainingStopped
+from .errors import NonFiniteLossError, ResnetlabError, TrainingStopped
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,13 +85,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .engine import fit, resume
+    from .engine.distributed import env_rank
     from .engine.train_config import config_from_args, resume_overrides_from_args
 
     if args.resume is not None:
         resume(args.resume, **resume_overrides_from_args(args))
         return 0
     config, note = config_from_args(args)
-    if note:
+    if note and env_rank() == 0:  # under torchrun, rank 0 speaks for all
         print(note)
     fit(config)
     return 0
@@ -265,18 +266,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    import os
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    who = f"resnetlab {args.command}" + (f" [rank {rank}]" if world > 1 else "")
     try:
         return args.func(args)
-    except ResnetlabError as exc:
-        print(f"resnetlab {args.command}: error: {exc}", file=sys.stderr)
+    except (NonFiniteLossError, TrainingStopped) as exc:
+        if rank == 0:  # under torchrun every rank stops together; one message is enough
+            print(f"{who}: {'error: ' if isinstance(exc, NonFiniteLossError) else ''}{exc}", file=sys.stderr)
         return exc.exit_code
-    except TrainingStopped as exc:
-        print(f"resnetlab {args.command}: {exc}", file=sys.stderr)
+    except ResnetlabError as exc:
+        print(f"{who}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         # A second Ctrl-C: stop at once. Every file is written to a temporary name first, so the
         # last saved state and weights are whole.
-        print(f"resnetlab {args.command}: interrupted", file=sys.stderr)
+        print(f"{who}: interrupted", file=sys.stderr)
         return 130
 
 

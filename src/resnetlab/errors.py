@@ -4,6 +4,7 @@
 exit status 2. :class:`NonFiniteLossError` ends a run whose loss stopped being finite: exit 3.
 :class:`TrainingStopped` is a run stopped on purpose by SIGINT or SIGTERM after saving its
 state: exit 128 + the signal number (130, 143), as shells report a process killed by it.
+:class:`LostContactError`: under torchrun another process died or timed out: exit 1.
 Anything else is a bug and is raised normally.
 """
 
@@ -18,6 +19,12 @@ class NonFiniteLossError(ResnetlabError):
     """The loss or the gradients became NaN or infinite; the state before that step is saved."""
 
     exit_code = 3
+
+
+class LostContactError(ResnetlabError):
+    """Under torchrun: another process of the job died or stopped answering (exit status 1)."""
+
+    exit_code = 1
 
 
 class TrainingStopped(Exception):

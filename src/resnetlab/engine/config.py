@@ -68,6 +68,8 @@ class TrainConfig:
     channels_last: bool = True  # channels-last memory format for the model and its input
     compile: bool = False  # torch.compile the model (slow start, faster steps)
     seed: int = 0  # seeds the init, the validation split, the data order and augmentation
+    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch, not each process's share
+    dist_timeout: int = 300  # under torchrun: seconds a collective may wait for the other processes before failing
     deterministic: bool = False  # use only deterministic algorithms (bit-exact resume on CPU; CUDA warns where it cannot)
 
     # --- saving and safety ---
@@ -173,7 +175,7 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, options in CHOICES.items():
         if getattr(config, name) not in options:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)!r} is not one of: {', '.join(options)}")
-    positive = ["epochs", "batch_size", "step_epochs"]
+    positive = ["epochs", "batch_size", "step_epochs", "dist_timeout"]
     for name in positive:
         if getattr(config, name) < 1:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must be at least 1")

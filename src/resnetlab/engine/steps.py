@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch import nn
 
 from ..data import DeviceLoader
 from .config import TrainConfig
+from .distributed import all_max
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -39,6 +41,8 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta:
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
     count = 0
     for x, y in loader.batches():
+        if len(y) == 0:  # under torchrun a rank's share of the last batch can be empty
+            continue
         with autocast(loader.device, bf16):
             logits = class_scores(model, x, tta)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
@@ -88,8 +92,11 @@ class Training:
     ema: Ema | None
     device: torch.device
     bf16: bool
+    distributed: bool = False  # under torchrun: ranks agree on skipping and stopping (one all-reduce per step)
+    stop_requested: Callable[[], bool] = lambda: False  # whether this process was asked to stop (a signal)
 
     def __post_init__(self) -> None:
+        self.stop_agreed = False  # after each step: whether any rank asked to stop (all ranks then stop together)
         # The forward pass of a bad batch has already moved the batch-norm running statistics
         # (possibly to inf) by the time its loss is seen; a copy taken before each step undoes it.
         self._buffers = list(self.model.buffers())
@@ -120,7 +127,15 @@ class Training:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         else:
             norm = gradient_norm(self.model)
-        if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
+        if self.distributed:
+            # Every rank must take the same branch, or the next collective hangs.
+            flags = all_max(torch.stack([bad.float(), torch.tensor(float(self.stop_requested()), device=bad.device)]))
+            bad_any, stop_any = flags.tolist()
+            skip, self.stop_agreed = bad_any > 0, stop_any > 0
+        else:
+            skip, self.stop_agreed = bool(bad), self.stop_requested()
+        if skip:
             self.optimizer.zero_grad(set_to_none=True)
             if self._buffers:
                 torch._foreach_copy_(self._buffers, self._buffers_before)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..data import Augment, DeviceLoader, ImageSet, load_fashion_mnist, split_train_val
 from ..data.folder import is_class_folder, load_class_folder
-from ..errors import NonFiniteLossError, ResnetlabError, TrainingStopped
+from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped
 from ..fileio import remove_stale_temporaries, write_text
 from ..models import create_model
 from .checkpoint import save_weights, unwrap, versions
@@ -36,6 +36,10 @@ from .optim import make_optimizer, make_scheduler
 from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
 from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
 from .steps import Ema, Training, evaluate
+from .distributed import (
+    all_max, all_sum, broadcast_text, convert_sync_batchnorm, env_rank, init_distributed, is_comm_failure, shutdown,
+    wrap_ddp,
+)
 from .stop import StopSignals
 
 Log = Callable[[str], None]
@@ -114,6 +118,10 @@ def prepare_run_dir(out: str | None, model_name: str) -> Path:
         tmp.symlink_to(run_dir.name)
         tmp.replace(link)
     return run_dir
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def _warn(message: str) -> None:
@@ -218,9 +226,10 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **
                 f"{config_path} differs from the config {state_path} was saved with (field {differ[0]!r}); "
                 "put the original back, or start a new run"
             )
-    if overrides:
-        write_text(config_path, config.to_json())
-    remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
+    if env_rank() == 0:  # under torchrun only rank 0 writes
+        if overrides:
+            write_text(config_path, config.to_json())
+        remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
     return _Run(config, log, run_dir=run_dir, state=state).train()
 
 
@@ -234,12 +243,22 @@ class _Run:
 
     def __init__(self, config: TrainConfig, log: Log, run_dir: Path | None = None, state: dict | None = None) -> None:
         self.started = time.perf_counter()
-        self.config, self.log = config, log
+        self.config = config
         self.device = device = resolve_device(config.device)
+        self.dist = init_distributed(device.type, config.dist_timeout)
+        if device.type == "cuda" and self.dist.enabled:
+            self.device = device = torch.device("cuda", self.dist.local_rank)
+        self.log = log = log if self.dist.is_main else _silent  # one voice: rank 0 prints, plots and writes
+        if self.dist.enabled and config.batch_size % self.dist.world_size:
+            raise ResnetlabError(
+                f"--batch-size {config.batch_size} (the global batch) must be divisible by the {self.dist.world_size} "
+                "processes; choose a multiple"
+            )
         self.bf16 = use_bf16(config.precision, device)
         configure_backends(device, config.deterministic)
+        self.stop = StopSignals(log)
 
-        train, val, test = load_data(config)
+        train, val, test = load_data(config, warn=_warn if self.dist.is_main else _silent)
         self.config = config = resolve_from_data(config, train)
         if len(train) < config.batch_size:
             raise ResnetlabError(
@@ -256,11 +275,16 @@ class _Run:
         model = build_model(config, in_channels, num_classes, log=log if state is None else None).to(device)
         if run_dir is None:
             # Only now, with data and model in hand, does the run get a folder: a bad flag leaves nothing behind.
-            run_dir = prepare_run_dir(config.out, config.model)
-            write_text(run_dir / "config.json", config.to_json())
+            if self.dist.is_main:
+                run_dir = prepare_run_dir(config.out, config.model)
+                write_text(run_dir / "config.json", config.to_json())
+            run_dir = Path(broadcast_text(str(run_dir) if run_dir is not None else None, self.dist))
         self.run_dir = run_dir
+        if config.sync_bn and self.dist.enabled:
+            model = convert_sync_batchnorm(model, device.type)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        step_model = wrap_ddp(model, device) if self.dist.enabled else model
         mean, std = channel_stats(train.images) if config.normalize else (None, None)
 
         def loader(data: ImageSet, training: bool) -> DeviceLoader:
@@ -268,6 +292,7 @@ class _Run:
                 data, config.batch_size, device=device, image_size=config.image_size, mean=mean, std=std,
                 shuffle=training, drop_last=training, seed=config.seed, channels_last=config.channels_last,
                 augment=Augment(config.crop_padding, config.flip, config.erase_prob) if training else Augment(),
+                rank=self.dist.rank, world_size=self.dist.world_size,
             )
 
         self.train_loader = loader(train, True)
@@ -277,13 +302,15 @@ class _Run:
         self.training = Training(
             config=config,
             model=model,
-            step_model=torch.compile(model) if config.compile else model,
+            step_model=torch.compile(step_model) if config.compile else step_model,
             optimizer=optimizer,
             scheduler=make_scheduler(config, optimizer, len(self.train_loader)),
             criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
             ema=Ema(model, config.ema_decay) if config.ema_decay else None,
             device=device,
             bf16=self.bf16,
+            distributed=self.dist.enabled,
+            stop_requested=lambda: self.stop.requested,
         )
         self.metadata = {
             "model": config.model,
@@ -305,12 +332,17 @@ class _Run:
         if state is not None:
             self.progress = restore_train_state(state, self.training)
             self.best_weights = state["best_model"]
+            if not self.dist.is_main:  # the saved sums are the whole job's: rank 0 carries them on
+                self.progress.loss_sum.zero_()
+                self.progress.correct.zero_()
+                self.progress.seen = 0
         self.elapsed_before = self.progress.elapsed_seconds
         sizes = (len(train), len(val) if val is not None else 0, len(test) if test is not None else 0)
         self.log(
             f"{'resuming' if state is not None else 'training'} {config.model} on {sizes[0]:,} images "
             f"({len(self.train_loader)} steps/epoch), validating on {sizes[1]:,}, testing on {sizes[2]:,}; "
-            f"device {device}, {'bf16' if self.bf16 else 'fp32'}; run folder {run_dir}"
+            f"device {device}{f' x {self.dist.world_size} processes' if self.dist.enabled else ''}, "
+            f"{'bf16' if self.bf16 else 'fp32'}; run folder {run_dir}"
             + (f"; continuing epoch {self.progress.epoch + 1} after step {self.progress.step}/{len(self.train_loader)}"
                if state is not None else "")
         )
@@ -322,13 +354,33 @@ class _Run:
 
     def train(self) -> TrainResult:
         """Run the remaining epochs, then the final test; return the results."""
-        with StopSignals(self.log) as self.stop:
-            while self.progress.epoch < self.config.epochs:
-                self._train_epoch()
-                self._end_epoch()
-                if self.stop.requested:
-                    self._stopped()
-        return self._finish()
+        try:
+            with self.stop:
+                while self.progress.epoch < self.config.epochs:
+                    self._train_epoch()
+                    self._end_epoch()
+                    if self._any_rank(self.stop.requested):
+                        self._stopped()
+            result = self._finish()
+            if self.dist.enabled:
+                torch.distributed.barrier()  # leave together: a rank tearing down early can abort its peer
+            return result
+        except RuntimeError as exc:
+            if not (self.dist.enabled and is_comm_failure(exc)):
+                raise
+            first = str(exc).strip().splitlines()[0][:200]
+            raise LostContactError(
+                f"rank {self.dist.rank} lost contact with the other processes ({first}); the last saved state is "
+                f"{self.run_dir / STATE_FILE}; continue with: torchrun ... -m resnetlab train --resume {self.run_dir}"
+            ) from None
+        finally:
+            shutdown()
+
+    def _any_rank(self, flag: bool) -> bool:
+        """``flag`` or'ed over all ranks (so all take the same branch)."""
+        if not self.dist.enabled:
+            return flag
+        return all_max(torch.tensor([float(flag)], device=self.device)).item() > 0
 
     def _train_epoch(self) -> None:
         """Run the epoch's remaining steps, saving every ``save_every`` steps and on a stop request."""
@@ -361,7 +413,7 @@ class _Run:
                 if p.step % 10 == 0 and p.seen:
                     bar.set_postfix(loss=f"{float(p.loss_sum) / p.seen:.3f}", acc=f"{int(p.correct) / p.seen:.3f}")
             if p.step < len(loader):  # the epoch's end saves anyway, after evaluation
-                if self.stop.requested:
+                if training.stop_agreed:
                     self._save_state()
                     self._stopped()
                 if self.config.save_every and p.global_step % self.config.save_every == 0:
@@ -390,6 +442,7 @@ class _Run:
     def _end_epoch(self) -> None:
         """Evaluate, record the epoch, choose the best on validation, save the state and the files."""
         p, config = self.progress, self.config
+        self._gather_sums()
         train_loss = float(p.loss_sum) / p.seen if p.seen else float("nan")
         train_acc = int(p.correct) / p.seen if p.seen else float("nan")
         net = self.training.eval_model
@@ -428,15 +481,44 @@ class _Run:
         )
 
     def _accuracy(self, net: nn.Module, loader: DeviceLoader) -> float:
-        return evaluate(net, loader, bf16=self.bf16, tta=self.config.tta)["acc"]
+        return self._evaluate(net, loader)["acc"]
+
+    def _evaluate(self, net: nn.Module, loader: DeviceLoader) -> dict[str, float]:
+        """Accuracy and loss over the whole split: each rank's share, summed exactly over ranks."""
+        metrics = evaluate(net, loader, bf16=self.bf16, tta=self.config.tta)
+        if not self.dist.enabled:
+            return metrics
+        sums = all_sum(torch.tensor([metrics["correct"], metrics["loss_sum"], metrics["count"]],
+                                    dtype=torch.float64, device=self.device)).tolist()
+        correct, loss_sum, count = int(sums[0]), sums[1], int(sums[2])
+        return {"acc": correct / max(count, 1), "loss": loss_sum / max(count, 1), "correct": correct,
+                "loss_sum": loss_sum, "count": count}
+
+    def _gather_sums(self) -> None:
+        """Under torchrun: put the whole job's running sums of the epoch on rank 0, zeros elsewhere."""
+        if not self.dist.enabled:
+            return
+        p = self.progress
+        sums = all_sum(torch.stack([p.loss_sum.double(), p.correct.double(),
+                                    torch.tensor(float(p.seen), dtype=torch.float64, device=self.device)]))
+        if self.dist.is_main:
+            p.loss_sum.fill_(sums[0].item())
+            p.correct.fill_(int(sums[1].item()))
+            p.seen = int(sums[2].item())
+        else:
+            p.loss_sum.zero_()
+            p.correct.zero_()
+            p.seen = 0
 
     def _epoch_metadata(self, epoch: int) -> dict[str, Any]:
         row = self.progress.history[epoch - 1]
         return {**self.metadata, "epoch": epoch, "metrics": {k: v for k, v in row.items() if v is not None}}
 
     def _write_epoch_files(self, best_changed: bool, last: bool) -> None:
-        """best/last.safetensors, metrics.csv and curves.png for the epochs so far."""
+        """best/last.safetensors, metrics.csv and curves.png for the epochs so far (rank 0 only)."""
         p = self.progress
+        if not self.dist.is_main:
+            return
         if best_changed and self.best_weights is not None:
             best = copy.deepcopy(unwrap(self.training.eval_model))
             best.load_state_dict(self.best_weights)
@@ -451,6 +533,10 @@ class _Run:
         return self.elapsed_before + time.perf_counter() - self.started
 
     def _save_state(self) -> None:
+        """Write train_state.pt (all ranks must call it: the running sums are gathered first)."""
+        self._gather_sums()
+        if not self.dist.is_main:
+            return
         self.progress.elapsed_seconds = self._elapsed()
         save_train_state(self.run_dir / STATE_FILE, self.training, self.progress, self.best_weights,
                          self.config.to_dict(), data=self.fingerprint)
@@ -474,7 +560,7 @@ class _Run:
         best.load_state_dict(self.best_weights)
         test_metrics = {"acc": None, "loss": None}  # a class folder without test/ has nothing to report here
         if self.test_loader is not None:
-            test_metrics = evaluate(best, self.test_loader, bf16=self.bf16, tta=self.config.tta)
+            test_metrics = self._evaluate(best, self.test_loader)
         last = p.history[-1]
         result = TrainResult(
             run_dir=self.run_dir,
@@ -491,7 +577,8 @@ class _Run:
             skipped_batches=p.skipped,
             history=p.history,
         )
-        write_results(result)
+        if self.dist.is_main:
+            write_results(result)
         # The book's two closing lines (d2l.train_ch6); without a test split, the best validation accuracy instead.
         final = (f"test acc {result.test_acc:.3f}" if result.test_acc is not None
                  else f"val acc {result.best_val_acc:.3f} (no test split)")
