@@ -23,7 +23,7 @@ def trained(tiny_data, tmp_path_factory):
     """A finished tiny run (fp32, so figures can be compared exactly); returns its folder."""
     out = tmp_path_factory.mktemp("trained") / "run"
     config = TrainConfig(
-        model="resnet18", model_args={"stem": "small"}, data=str(tiny_data), val_split=100, limit_train=500,
+        model="resnet18", data=str(tiny_data), val_split=100, limit_train=500,
         batch_size=50, epochs=2, lr=0.05, momentum=0.9, precision="fp32", out=str(out),
     )
     fit(config, log=lambda line: None)
