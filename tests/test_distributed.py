@@ -42,7 +42,7 @@ def _train_float64(data, rank: int, world: int, port: int, out: str | None) -> d
     from resnetlab.engine.distributed import convert_sync_batchnorm, wrap_ddp
     from resnetlab.engine.optim import make_optimizer, make_scheduler
     from resnetlab.engine.steps import Training
-    from resnetlab.engine.train import build_model
+    from resnetlab.engine.initialize import build_model
 
     torch.set_num_threads(1)
     if world > 1:

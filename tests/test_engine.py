@@ -13,7 +13,7 @@ from resnetlab.engine.checkpoint import build_from_weights
 from resnetlab.engine.config import load_config_file, validate
 from resnetlab.engine.metrics import COLUMNS
 from resnetlab.engine.optim import lr_factor, make_optimizer
-from resnetlab.engine.train import build_model
+from resnetlab.engine.initialize import build_model
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import D2LResNet
 

@@ -17,7 +17,7 @@ from resnetlab.data.folder import is_class_folder, load_class_folder
 from resnetlab.engine import TrainConfig
 from resnetlab.engine.checkpoint import save_weights
 from resnetlab.engine.initialize import load_initial_weights, read_state_dict
-from resnetlab.engine.train import build_model
+from resnetlab.engine.initialize import build_model
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 

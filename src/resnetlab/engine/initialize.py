@@ -1,4 +1,5 @@
-"""Starting from trained weights (``--init FILE``) and training only the head (``--freeze-backbone``).
+"""The model a run starts from: built by name, initialised (its own init, the book's Xavier, or
+trained weights with ``--init FILE``), and optionally with only its head trainable (``--freeze-backbone``).
 
 The source is one of our ``.safetensors`` files (or any safetensors state dict), or a PyTorch
 ``.pth``/``.pt`` file such as torchvision's ResNet weights, read with
@@ -18,16 +19,20 @@ A table of loaded, adapted, re-initialised and ignored keys is returned for prin
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..models import create_model
+from .config import INIT_SCHEMES, TrainConfig
 
 PREFIXES = ("module.", "_orig_mod.")
 
@@ -193,3 +198,31 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
         for name, m in model.named_modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
                 m.eval()
+
+
+def xavier_init(model: nn.Module) -> None:
+    """The book's ``init_weights``: Xavier-uniform weights for every linear and conv layer."""
+    for m in model.modules():
+        if type(m) in (nn.Linear, nn.Conv2d):
+            nn.init.xavier_uniform_(m.weight)
+
+
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Callable[[str], None] | None = None) -> nn.Module:
+    """Create the configured model for the data's channels and classes, with the configured init.
+
+    With ``--init FILE`` the file's weights are copied in as far as they fit and the table of
+    what was loaded is passed to ``log``; without ``log`` (a resumed run, whose state holds the
+    weights) the file is not read at all.
+    """
+    args = {"in_channels": in_channels, "num_classes": num_classes, **config.model_args}
+    try:
+        model = create_model(config.model, **args)
+    except (TypeError, ValueError) as exc:
+        raise ResnetlabError(f"--model-args {json.dumps(config.model_args)} do not fit {config.model} ({exc})") from None
+    if config.init == "xavier":
+        xavier_init(model)
+    elif config.init not in INIT_SCHEMES and log is not None:
+        log(load_initial_weights(model, config.init, non_strict=config.init_non_strict).table())
+    if config.freeze_backbone:
+        freeze_backbone(model)
+    return model

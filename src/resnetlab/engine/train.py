@@ -9,28 +9,24 @@ killed at any instant continues from its last save with the same result (see ``s
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
-import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..data import Augment, DeviceLoader, ImageSet, load_fashion_mnist, split_train_val
-from ..data.folder import is_class_folder, load_class_folder
+from ..data import Augment, DeviceLoader, ImageSet
 from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped
 from ..fileio import remove_stale_temporaries, write_text
-from ..models import create_model
 from .checkpoint import save_weights, unwrap, versions
-from .config import INIT_SCHEMES, TrainConfig, load_config_file, validate
-from .initialize import freeze_backbone, load_initial_weights, set_train_mode
+from .config import TrainConfig, load_config_file, validate
+from .initialize import build_model, set_train_mode
+from .run_data import channel_stats, data_fingerprint, load_data, resolve_from_data, silent, warn_stderr
+from .run_folder import follow_link, prepare_run_dir, write_results
 from .metrics import plot_curves, write_csv
 from .optim import make_optimizer, make_scheduler
 from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
@@ -67,119 +63,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def xavier_init(model: nn.Module) -> None:
-    """The book's ``init_weights``: Xavier-uniform weights for every linear and conv layer."""
-    for m in model.modules():
-        if type(m) in (nn.Linear, nn.Conv2d):
-            nn.init.xavier_uniform_(m.weight)
-
-
-def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Log | None = None) -> nn.Module:
-    """Create the configured model for the data's channels and classes, with the configured init.
-
-    With ``--init FILE`` the file's weights are copied in as far as they fit and the table of
-    what was loaded is passed to ``log``; without ``log`` (a resumed run, whose state holds the
-    weights) the file is not read at all.
-    """
-    args = {"in_channels": in_channels, "num_classes": num_classes, **config.model_args}
-    try:
-        model = create_model(config.model, **args)
-    except (TypeError, ValueError) as exc:
-        raise ResnetlabError(f"--model-args {json.dumps(config.model_args)} do not fit {config.model} ({exc})") from None
-    if config.init == "xavier":
-        xavier_init(model)
-    elif config.init not in INIT_SCHEMES and log is not None:
-        log(load_initial_weights(model, config.init, non_strict=config.init_non_strict).table())
-    if config.freeze_backbone:
-        freeze_backbone(model)
-    return model
-
-
-def default_run_dir(model_name: str) -> Path:
-    """``runs/<date-time>-<model>`` under the working folder."""
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name}"
-
-
-def prepare_run_dir(out: str | None, model_name: str) -> Path:
-    """Create the run folder (refusing one that already holds a run); point ``runs/latest`` at it."""
-    run_dir = Path(out) if out else default_run_dir(model_name)
-    if (run_dir / "config.json").exists():
-        raise ResnetlabError(
-            f"--out {run_dir} already holds a run; choose another folder, or continue it with --resume {run_dir}"
-        )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out {run_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
-    if out is None:
-        link = run_dir.parent / "latest"
-        tmp = run_dir.parent / f".latest.{run_dir.name}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name)
-        tmp.replace(link)
-    return run_dir
-
-
-def _silent(message: str) -> None:
-    """The log of ranks other than 0."""
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def load_data(config: TrainConfig, warn: Log = _warn) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
-    """(train, validation or None, test or None): Fashion-MNIST or a class folder, split and limited as configured.
-
-    A class folder without ``test/`` has no test split: its runs report validation accuracy only.
-    """
-    if is_class_folder(config.data):
-        folder = load_class_folder(
-            config.data, image_size=config.image_size, channels=config.channels, val_fraction=config.val_fraction,
-            seed=config.seed, strict=config.strict, warn=warn,
-        )
-        train, val, test = folder.train, folder.val, folder.test
-    else:
-        train, test = load_fashion_mnist(config.data)
-        val = None
-        if config.val_split > 0:
-            train, val = split_train_val(train, config.val_split, config.seed)
-        if config.channels == 3:  # e.g. to fine-tune an RGB model: the gray channel three times
-            train, test = (ImageSet(d.images.expand(-1, 3, -1, -1).contiguous(), d.labels, d.class_names) for d in (train, test))
-            val = ImageSet(val.images.expand(-1, 3, -1, -1).contiguous(), val.labels, val.class_names) if val else None
-    if config.limit_train is not None:
-        train = train.subset(torch.arange(min(config.limit_train, len(train))))
-    if config.limit_test is not None and test is not None:
-        test = test.subset(torch.arange(min(config.limit_test, len(test))))
-    return train, val, test
-
-
-def resolve_from_data(config: TrainConfig, train: ImageSet) -> TrainConfig:
-    """Fill in what the config leaves to the data: the image size (None) and the stem ("auto": small up to 64 px)."""
-    size = config.image_size or int(train.images.shape[-1])
-    args = dict(config.model_args)
-    if args.get("stem") == "auto":
-        args["stem"] = "small" if size <= 64 else "imagenet"
-    return config.replace(image_size=size, model_args=args)
-
-
-def data_fingerprint(*sets: ImageSet | None) -> str:
-    """A SHA-256 over the images and labels of the splits: a resumed run must see the same data."""
-    digest = hashlib.sha256()
-    for data in sets:
-        if data is not None:
-            digest.update(str(tuple(data.images.shape)).encode())
-            digest.update(data.images.numpy().tobytes())
-            digest.update(data.labels.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 images scaled to [0, 1]."""
-    x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255
-    return x.mean(1).tolist(), x.std(1).tolist()
-
-
 def _console_progress() -> bool:
     return sys.stderr.isatty()
 
@@ -200,7 +83,7 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **
     Only the fields in :data:`RESUME_OVERRIDES` may be changed. A run killed before its first
     save starts again from the beginning in the same folder (same seed, same result).
     """
-    run_dir = _follow_link(Path(run_dir))
+    run_dir = follow_link(Path(run_dir))
     config_path = run_dir / "config.json"
     if not run_dir.is_dir():
         raise ResnetlabError(f"--resume {run_dir}: no such run folder; give the folder of a run started by 'resnetlab train'")
@@ -233,11 +116,6 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **
     return _Run(config, log, run_dir=run_dir, state=state).train()
 
 
-def _follow_link(path: Path) -> Path:
-    """``runs/latest`` -> ``runs/<its target>``, so messages name the real run folder."""
-    return path.parent / os.readlink(path) if path.is_symlink() else path
-
-
 class _Run:
     """One run from set-up to results: builds everything, runs the epochs, saves, finishes."""
 
@@ -248,7 +126,7 @@ class _Run:
         self.dist = init_distributed(device.type, config.dist_timeout)
         if device.type == "cuda" and self.dist.enabled:
             self.device = device = torch.device("cuda", self.dist.local_rank)
-        self.log = log = log if self.dist.is_main else _silent  # one voice: rank 0 prints, plots and writes
+        self.log = log = log if self.dist.is_main else silent  # one voice: rank 0 prints, plots and writes
         if self.dist.enabled and config.batch_size % self.dist.world_size:
             raise ResnetlabError(
                 f"--batch-size {config.batch_size} (the global batch) must be divisible by the {self.dist.world_size} "
@@ -258,7 +136,7 @@ class _Run:
         configure_backends(device, config.deterministic)
         self.stop = StopSignals(log)
 
-        train, val, test = load_data(config, warn=_warn if self.dist.is_main else _silent)
+        train, val, test = load_data(config, warn=warn_stderr if self.dist.is_main else silent)
         self.config = config = resolve_from_data(config, train)
         if len(train) < config.batch_size:
             raise ResnetlabError(
@@ -389,7 +267,7 @@ class _Run:
             p.start_epoch(self.device)
         set_train_mode(training.model, self.config.freeze_backbone)
         bar = None
-        if _console_progress():
+        if _console_progress() and self.dist.is_main:
             from tqdm import tqdm
 
             bar = tqdm(total=len(loader), initial=p.step, desc=f"epoch {p.epoch + 1}/{self.config.epochs}",
@@ -585,11 +463,3 @@ class _Run:
         self.log(f"loss {result.train_loss:.3f}, train acc {result.train_acc:.3f}, {final}")
         self.log(f"{result.examples_per_sec:.1f} examples/sec on {result.device}")
         return result
-
-
-def write_results(result: TrainResult) -> None:
-    """Write ``results.json``: the final numbers of a run."""
-    values = {k: v for k, v in result.__dict__.items() if k not in ("run_dir", "history")}
-    # JSON has no NaN: a metric that is not a number (a run whose loss diverged) is written as null.
-    values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
-    write_text(result.run_dir / "results.json", json.dumps(values, indent=2, allow_nan=False) + "\n")
