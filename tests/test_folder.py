@@ -208,3 +208,18 @@ def test_show_data_of_a_class_folder(shapes_split, tmp_path, capsys):
     out = tmp_path / "grid.png"
     assert main(["show-data", "--data", str(shapes_split), "--n", "9", "--out", str(out)]) == 0
     assert out.read_bytes()[:4] == b"\x89PNG" and "the first 9 train images" in capsys.readouterr().out
+
+
+def test_eval_of_a_single_level_folder_uses_the_runs_validation_split(tmp_path, capsys):
+    root = write_shape_folder(tmp_path / "d", per_class=12)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "9",
+                 "--image-size", "16", "--precision", "fp32", "--val-fraction", "0.25"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_acc"] is None and printed[-2].endswith("(no test split)")
+    assert main(["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e")]) == 0
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    assert report["split"] == "val" and report["count"] == 9  # the same seeded quarter of each class
+    assert report["accuracy"] == results["best_val_acc"]
+    assert capsys.readouterr().out.startswith(f"val acc {results['best_val_acc']:.4f}")
