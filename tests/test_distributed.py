@@ -151,11 +151,18 @@ def test_torchrun_two_processes_match_one(tiny_data, tmp_path):
 
 
 def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
+    """The child processes of ``pid`` (torchrun's workers), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid:  # the field after the state is the parent's pid
+                found.append(int(entry))
+    return sorted(found)
 
 
 @pytest.mark.slow
