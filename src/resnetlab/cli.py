@@ -12,7 +12,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .errors import NonFiniteLossError, ResnetlabError, TrainingStopped
+from .errors import NonFiniteLossError, ResnetlabError, TrainingStopped, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,9 +57,8 @@ def _cmd_summary(args: argparse.Namespace) -> int:
         report = summary(model, size, depth=args.depth)
     except RuntimeError as exc:
         # Too small an image makes a conv or pool fail deep inside torch; say which flag to change.
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ResnetlabError(
-            f"--input-size {','.join(map(str, size))} does not fit {args.model} ({first_line}); "
+            f"--input-size {','.join(map(str, size))} does not fit {args.model} ({first_line(exc)}); "
             f"try a larger H,W such as {spec.image_size},{spec.image_size}"
         ) from None
     print(report)

@@ -9,6 +9,12 @@ Anything else is a bug and is raised normally.
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library messages run long), or its type's name if it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class ResnetlabError(Exception):
     """A user-caused error whose message names the culprit and the fix, in one sentence."""
 

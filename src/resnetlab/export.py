@@ -25,7 +25,7 @@ from torch import nn
 
 from .data.loader import to_model_input
 from .engine.checkpoint import build_from_weights
-from .errors import ResnetlabError
+from .errors import ResnetlabError, first_line
 from .fileio import atomic_path
 
 Log = Callable[[str], None]
@@ -132,8 +132,7 @@ def _export_onnx(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, opset
                 dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
             )
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResnetlabError(f"the ONNX exporter failed{f' at --opset {opset}' if opset else ''} ({first})") from None
+        raise ResnetlabError(f"the ONNX exporter failed{f' at --opset {opset}' if opset else ''} ({first_line(exc)})") from None
     proto = program.model_proto
     for key, value in _metadata_strings(metadata).items():
         proto.metadata_props.add(key=key, value=value)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import ResnetlabError
+from ..errors import ResnetlabError, first_line
 from ..fileio import atomic_path
 
 FORMAT = "resnetlab.weights/1"
@@ -42,6 +44,30 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def load_tensors_only(path: Path, *, name: str, refused_hint: str, damaged: str, damaged_hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: only tensors and plain containers, no code runs.
+
+    A file holding other Python objects is refused, and a damaged one reported, each in one
+    line starting with ``name`` (how the user gave the file); ``refused_hint`` and
+    ``damaged_hint`` say what to do instead, ``damaged`` says what is wrong with a broken file.
+    """
+    hint = f"; {damaged_hint}" if damaged_hint else ""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ResnetlabError(f"{name}: no such file") from None
+    except pickle.UnpicklingError as exc:
+        # The weights-only unpickler names the global it refused; anything else is a broken pickle.
+        if "weights only" in str(exc).lower() or "unsupported global" in str(exc).lower():
+            raise ResnetlabError(
+                f"{name}: refused to load it: it holds Python objects, not just tensors and plain values, and "
+                f"loading it could run code; {refused_hint}"
+            ) from None
+        raise ResnetlabError(f"{name}: {damaged} ({first_line(exc)}){hint}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ResnetlabError(f"{name}: {damaged} ({first_line(exc)}){hint}") from None
 
 
 def save_weights(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any]) -> None:
@@ -91,6 +117,6 @@ def build_from_weights(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[st
     except KeyError as exc:
         raise ResnetlabError(f"{path}: the header lacks {exc}; it was not written by resnetlab's training") from None
     except (RuntimeError, TypeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0]
+        first = first_line(exc)
         raise ResnetlabError(f"{path}: the weights do not fit the model its header names ({first})") from None
     return model, metadata

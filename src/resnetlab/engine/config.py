@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ResnetlabError
+from ..errors import ResnetlabError, first_line
 
 
 @dataclass
@@ -145,7 +145,7 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         try:
             values = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ResnetlabError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ResnetlabError(f"--config {path}: not valid YAML ({first_line(exc)})") from None
     else:
         try:
             values = json.loads(text)

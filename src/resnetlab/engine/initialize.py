@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +30,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..models import create_model
+from .checkpoint import load_tensors_only
 from .config import INIT_SCHEMES, TrainConfig
 
 PREFIXES = ("module.", "_orig_mod.")
@@ -69,16 +68,10 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise ResnetlabError(f"--init {path}: not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ResnetlabError(
-            f"--init {path}: refused to load it: it holds Python objects, not just tensors, and loading it could "
-            "run code; save its state_dict alone (torch.save(model.state_dict(), FILE)) from a source you trust"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResnetlabError(f"--init {path}: not a readable PyTorch weight file ({first})") from None
+    obj = load_tensors_only(
+        path, name=f"--init {path}", damaged="not a readable PyTorch weight file",
+        refused_hint="save its state_dict alone (torch.save(model.state_dict(), FILE)) from a source you trust",
+    )
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

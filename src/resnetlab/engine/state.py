@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import random
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import torch
 
 from ..errors import ResnetlabError
 from ..fileio import atomic_path
-from .checkpoint import unwrap, versions
+from .checkpoint import load_tensors_only, unwrap, versions
 from .steps import Training
 
 STATE_FILE = "train_state.pt"
@@ -140,21 +138,10 @@ def save_train_state(
 def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a train state with ``weights_only=True`` (no code from the file runs); check its format."""
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ResnetlabError(f"{path}: no such file") from None
-    except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "unknown content"
-        if "weights only" in reason.lower() or "unsupported global" in str(exc).lower():
-            raise ResnetlabError(
-                f"{path}: refused to load it: it holds Python objects, not just tensors and plain values, "
-                "so it was not written by resnetlab and loading it could run code; use the run's own train_state.pt"
-            ) from None
-        raise ResnetlabError(f"{path}: damaged train state ({reason}); resume from an intact copy") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ResnetlabError(f"{path}: damaged train state ({reason}); resume from an intact copy") from None
+    state = load_tensors_only(
+        path, name=str(path), damaged="damaged train state", damaged_hint="resume from an intact copy",
+        refused_hint="it was not written by resnetlab; use the run's own train_state.pt",
+    )
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ResnetlabError(f"{path}: not a resnetlab train state (no '{FORMAT}' format tag)")
     return state

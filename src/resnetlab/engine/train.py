@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data import Augment, DeviceLoader, ImageSet
-from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped
+from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped, first_line
 from ..fileio import remove_stale_temporaries, write_text
 from .checkpoint import save_weights, unwrap, versions
 from .config import TrainConfig, load_config_file, validate
@@ -246,7 +246,7 @@ class _Run:
         except RuntimeError as exc:
             if not (self.dist.enabled and is_comm_failure(exc)):
                 raise
-            first = str(exc).strip().splitlines()[0][:200]
+            first = first_line(exc)[:200]
             raise LostContactError(
                 f"rank {self.dist.rank} lost contact with the other processes ({first}); the last saved state is "
                 f"{self.run_dir / STATE_FILE}; continue with: torchrun ... -m resnetlab train --resume {self.run_dir}"
