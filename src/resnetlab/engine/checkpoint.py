@@ -72,7 +72,12 @@ def load_tensors_only(path: Path, *, name: str, refused_hint: str, damaged: str,
 
 def save_weights(path: str | os.PathLike[str], model: nn.Module, metadata: dict[str, Any]) -> None:
     """Write ``model``'s state dict and ``metadata`` to ``path`` as safetensors, atomically."""
-    tensors = {k: v.detach().cpu().contiguous() for k, v in unwrap(model).state_dict().items()}
+    save_state_dict(path, unwrap(model).state_dict(), metadata)
+
+
+def save_state_dict(path: str | os.PathLike[str], state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    """Write a state dict and ``metadata`` to ``path`` as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     header = {"format": FORMAT}
     for key, value in metadata.items():
         header[key] = json.dumps(value) if key in _JSON_KEYS else str(value)

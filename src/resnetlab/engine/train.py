@@ -22,20 +22,20 @@ from torch import nn
 from ..data import Augment, DeviceLoader, ImageSet
 from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped, first_line
 from ..fileio import remove_stale_temporaries, write_text
-from .checkpoint import save_weights, unwrap, versions
+from .checkpoint import save_state_dict, save_weights, unwrap, versions
 from .config import TrainConfig, load_config_file, validate
-from .initialize import build_model, set_train_mode
-from .run_data import channel_stats, data_fingerprint, load_data, resolve_from_data, silent, warn_stderr
-from .run_folder import follow_link, prepare_run_dir, write_results
-from .metrics import plot_curves, write_csv
-from .optim import make_optimizer, make_scheduler
-from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
-from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
-from .steps import Ema, Training, evaluate
 from .distributed import (
     all_max, all_sum, broadcast_text, convert_sync_batchnorm, env_rank, init_distributed, is_comm_failure, shutdown,
     wrap_ddp,
 )
+from .initialize import build_model, set_train_mode
+from .metrics import plot_curves, write_csv
+from .optim import make_optimizer, make_scheduler
+from .run_data import channel_stats, data_fingerprint, load_data, resolve_from_data, silent, warn_stderr
+from .run_folder import follow_link, prepare_run_dir, write_results
+from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
+from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
+from .steps import Ema, Training, evaluate
 from .stop import StopSignals
 
 Log = Callable[[str], None]
@@ -398,9 +398,7 @@ class _Run:
         if not self.dist.is_main:
             return
         if best_changed and self.best_weights is not None:
-            best = copy.deepcopy(unwrap(self.training.eval_model))
-            best.load_state_dict(self.best_weights)
-            save_weights(self.run_dir / "best.safetensors", best, self._epoch_metadata(p.best_epoch))
+            save_state_dict(self.run_dir / "best.safetensors", self.best_weights, self._epoch_metadata(p.best_epoch))
         if last:
             save_weights(self.run_dir / "last.safetensors", self.training.eval_model, self._epoch_metadata(p.epoch))
         write_csv(self.run_dir / "metrics.csv", p.history)
@@ -412,7 +410,8 @@ class _Run:
 
     def _save_state(self) -> None:
         """Write train_state.pt (all ranks must call it: the running sums are gathered first)."""
-        self._gather_sums()
+        if self.progress.step > 0:  # at an epoch's start the sums are zero on every rank: nothing to gather
+            self._gather_sums()
         if not self.dist.is_main:
             return
         self.progress.elapsed_seconds = self._elapsed()
