@@ -182,3 +182,13 @@ def test_show_data_and_plot(trained, tiny_data, tmp_path, capsys):
     assert main(["plot", str(trained)]) == 0
     assert (trained / "curves.png").read_bytes()[:4] == b"\x89PNG"
     one_line_error(capsys, ["plot", str(tmp_path)], "metrics.csv", "cannot read it")
+
+
+def test_eval_of_a_three_channel_fashion_mnist_run(tiny_data, tmp_path, capsys):
+    # --channels 3 repeats the gray channel in training; eval must feed the test images the same way.
+    out = tmp_path / "run"
+    fit(TrainConfig(model="resnet18", data=str(tiny_data), channels=3, val_split=100, limit_train=200, batch_size=50,
+                    epochs=1, precision="fp32", out=str(out)), log=lambda line: None)
+    results = json.loads((out / "results.json").read_text())
+    assert main(["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e")]) == 0
+    assert capsys.readouterr().out.startswith(f"test acc {results['test_acc']:.4f}")

@@ -219,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="folder for report.json, confusion.png, mistakes.png (default: eval-<name> beside CKPT)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default: auto)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="as in training (default: auto, the training rule, so figures match the run's)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="fp32, bf16, or auto (bf16 on CUDA and CPUs with native bf16); default: the run's own, "
+                        "so figures match the run's")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...) or folders of them")
@@ -265,10 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
-    import os
+    from .engine.distributed import env_rank, launched_by_torchrun
 
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    who = f"resnetlab {args.command}" + (f" [rank {rank}]" if world > 1 else "")
+    rank = env_rank()
+    who = f"resnetlab {args.command}" + (f" [rank {rank}]" if launched_by_torchrun() else "")
     try:
         return args.func(args)
     except (NonFiniteLossError, TrainingStopped) as exc:

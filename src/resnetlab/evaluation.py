@@ -53,7 +53,7 @@ def load_test_split(data: str | None, metadata: dict[str, Any]) -> tuple[ImageSe
         folder = Path(where)
     else:
         folder = resolve_data_dir(where)
-        test, split = load_split(folder, "test"), "test"
+        test, split = load_split(folder, "test").with_channels(channels), "test"  # as a --channels 3 run saw it
     if test.images.shape[1] != channels or list(test.class_names) != list(metadata["class_names"]):
         raise ResnetlabError(
             f"--data {folder}: its images ({test.images.shape[1]} channel(s), {len(test.class_names)} classes) do not "
@@ -97,14 +97,14 @@ def evaluate_checkpoint(
     *,
     tta: bool = False,
     device: str = "auto",
-    precision: str = "auto",
+    precision: str | None = None,
     batch_size: int | None = None,
     mistakes: int = 32,
     log: Log = print,
 ) -> dict[str, Any]:
     """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
 
-    ``precision`` ``auto`` follows the training rule (bf16 on CUDA and on CPUs with native bf16),
+    ``precision`` None (and ``batch_size`` None) take the run's own settings from the checkpoint,
     so on the same machine the accuracy equals the one training reported.
     """
     checkpoint = Path(checkpoint)
@@ -116,9 +116,9 @@ def evaluate_checkpoint(
     except OSError as exc:
         raise ResnetlabError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
     dev = resolve_device(device)
-    bf16 = use_bf16(precision, dev)
-    # Batches and memory format as in training, so the figures match the run's own to the last digit.
+    # Precision, batches and memory format as in training, so the figures match the run's own to the last digit.
     trained = metadata.get("config") or {}
+    bf16 = use_bf16(precision or trained.get("precision", "auto"), dev)
     channels_last = bool(trained.get("channels_last", False))
     model = model.to(dev).eval()
     if channels_last:

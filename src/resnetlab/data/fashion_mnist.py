@@ -48,6 +48,14 @@ class ImageSet:
         """Return the examples at ``index`` (a 1-D tensor of positions) as a new set."""
         return ImageSet(self.images[index], self.labels[index], self.class_names)
 
+    def with_channels(self, channels: int | None) -> "ImageSet":
+        """The set with ``channels`` channels: gray images repeated to three (None or the same count: as is)."""
+        if channels is None or channels == self.images.shape[1]:
+            return self
+        if self.images.shape[1] != 1 or channels != 3:
+            raise DataError(f"cannot turn {self.images.shape[1]}-channel images into {channels}-channel ones")
+        return ImageSet(self.images.expand(-1, 3, -1, -1).contiguous(), self.labels, self.class_names)
+
 
 def _find_file(folder: Path, stem: str) -> Path | None:
     for candidate in (folder / f"{stem}.gz", folder / stem):

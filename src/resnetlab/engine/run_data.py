@@ -36,13 +36,11 @@ def load_data(config: TrainConfig, warn: Log = warn_stderr) -> tuple[ImageSet, I
         )
         train, val, test = folder.train, folder.val, folder.test
     else:
-        train, test = load_fashion_mnist(config.data)
+        # --channels 3 (to fine-tune an RGB model, say): the gray channel three times.
+        train, test = (split.with_channels(config.channels) for split in load_fashion_mnist(config.data))
         val = None
         if config.val_split > 0:
             train, val = split_train_val(train, config.val_split, config.seed)
-        if config.channels == 3:  # e.g. to fine-tune an RGB model: the gray channel three times
-            train, test = (ImageSet(d.images.expand(-1, 3, -1, -1).contiguous(), d.labels, d.class_names) for d in (train, test))
-            val = ImageSet(val.images.expand(-1, 3, -1, -1).contiguous(), val.labels, val.class_names) if val else None
     if config.limit_train is not None:
         train = train.subset(torch.arange(min(config.limit_train, len(train))))
     if config.limit_test is not None and test is not None:
