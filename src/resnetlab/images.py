@@ -16,7 +16,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 class ImageError(ResnetlabError):
-    """A file that cannot be read as an image."""
+    """A file that cannot be read as an image: ``path``, and ``reason`` in words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 def pil_to_tensor(image, channels: int, size: int | None = None) -> torch.Tensor:
@@ -52,13 +56,13 @@ def read_image(path: str | os.PathLike[str], channels: int, size: int | None = N
             image.load()
             return pil_to_tensor(image, channels, size)
     except FileNotFoundError:
-        raise ImageError(f"{path}: no such file") from None
+        raise ImageError(path, "no such file") from None
     except IsADirectoryError:
-        raise ImageError(f"{path}: is a folder") from None
+        raise ImageError(path, "is a folder") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image Pillow can read (PNG, JPEG, BMP, WebP, ...)") from None
+        raise ImageError(path, "not an image Pillow can read (PNG, JPEG, BMP, WebP, ...)") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"{path}: damaged or unreadable image ({exc})") from None
+        raise ImageError(path, f"damaged or unreadable image ({exc})") from None
 
 
 def find_images(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:

@@ -99,15 +99,12 @@ def _probe(path: Path) -> tuple[str, int, int] | str:
 
 def _decode(path: Path, size: int, channels: int) -> np.ndarray | str:
     """The image as uint8 [C, size, size], or the reason it cannot be decoded (a truncated file, say)."""
-    from PIL import Image
-
-    from ..images import pil_to_tensor
+    from ..images import ImageError, read_image
 
     try:
-        with Image.open(path) as image:
-            return pil_to_tensor(image, channels, size).numpy()
-    except (OSError, ValueError, SyntaxError) as exc:
-        return f"damaged ({exc})"
+        return read_image(path, channels, size).numpy()
+    except ImageError as exc:
+        return exc.reason
 
 
 def _threads() -> int:
