@@ -1,10 +1,11 @@
 """What the non-finite guard costs a training step on this CPU: guarded ``Training.train_step`` beside a plain step.
 
 The guard (``engine/steps.py``) copies the batch-norm buffers before the step, computes the
-global gradient norm and reads one flag from the device; the plain step is forward, backward,
-optimiser and schedule only. Same model, batch and recipe (the ``cpu`` preset: the seed's
-ResNet-18 at 28 px, batch 256, bf16 autocast where native, channels-last), interleaved in six
-rounds of five steps; the table gives the median step time. Run it alone.
+global gradient norm, judges the step on the device and masks what a bad step would change
+(fused optimiser skip, buffers, EMA); it reads no flag from the device. The plain step is
+forward, backward, optimiser and schedule only. Same model, batch and recipe (the ``cpu``
+preset: the seed's ResNet-18 at 28 px, batch 256, bf16 autocast where native, channels-last),
+interleaved in six rounds of five steps; the table gives the median step time. Run it alone.
 
     python benchmarks/step_guard.py
 """
@@ -25,31 +26,33 @@ from machine import describe  # noqa: E402
 from resnetlab.engine import from_preset  # noqa: E402
 from resnetlab.engine.initialize import build_model  # noqa: E402
 from resnetlab.engine.optim import make_optimizer, make_scheduler  # noqa: E402
-from resnetlab.engine.runtime import use_bf16  # noqa: E402
-from resnetlab.engine.steps import Training, autocast  # noqa: E402
+from resnetlab.engine.runtime import resolve_precision  # noqa: E402
+from resnetlab.engine.steps import Training  # noqa: E402
 
 
 def main() -> None:
     config = from_preset("cpu")
     device = torch.device("cpu")
-    bf16 = use_bf16(config.precision, device)
+    precision = resolve_precision(config.precision, device)
     model = build_model(config, 1, 10).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, model)
     training = Training(config, model, model, optimizer, make_scheduler(config, optimizer, 214),
-                        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), None, device, bf16)
+                        nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), None, device, precision)
     x = torch.randn(config.batch_size, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (config.batch_size,))
 
     def plain() -> None:
-        with autocast(device, bf16):
+        with precision.autocast(device):
             loss = training.criterion(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         training.scheduler.step()
 
+    steps = iter(range(10**9))
+
     def guarded() -> None:
-        training.train_step(x, y)
+        training.train_step(x, y, next(steps))
 
     for _ in range(3):
         guarded()
@@ -62,7 +65,7 @@ def main() -> None:
                 step()
             times[name].append((time.perf_counter() - start) / 5)
     print(describe("cpu"))
-    print(f"{'cpu'} preset step: batch {config.batch_size}, 28 px, {'bf16' if bf16 else 'fp32'}, channels-last\n")
+    print(f"{'cpu'} preset step: batch {config.batch_size}, 28 px, {precision.name}, channels-last\n")
     print(f"{'step':<20s} {'median ms':>10s}")
     medians = {name: statistics.median(v) * 1000 for name, v in times.items()}
     for name, ms in medians.items():

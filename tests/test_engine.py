@@ -33,17 +33,42 @@ def quiet(_):
 
 
 def test_loss_falls_on_512_images(real_data, tmp_path):
-    # The real Fashion-MNIST, its first 512 training images, 4 epochs on the CPU.
+    # The real Fashion-MNIST, its first 512 training images, 4 epochs (32 steps at lr 0.05) on the CPU.
     config = TrainConfig(
         data=str(real_data), model="resnet18", image_size=28, val_split=0, limit_train=512, limit_test=256,
         batch_size=64, epochs=4, optimizer="sgd", lr=0.05, momentum=0.9, out=str(tmp_path / "r"), precision="fp32",
     )
     result = fit(config, log=quiet)
     losses = [row["train_loss"] for row in result.history]
-    assert losses[-1] < 0.7 * losses[0], losses
-    # Well above chance (0.1). After 32 steps the figure swings between about 0.42 and 0.71 with
-    # nothing but the thread count changed (float rounding; measured 2026-11-26), so no tighter bound.
-    assert result.test_acc > 0.3
+    # Measured 2026-11-28 (fp32 and bf16, 1 and 2 threads): the last epoch's loss is 0.43-0.69 of the
+    # first's; the loss path itself varies with rounding, so no tighter bound.
+    assert losses[-1] < 0.8 * losses[0], losses
+    # Evaluation computes what training computed: with batch-norm statistics recomputed for the final
+    # weights, test accuracy sits near the last epoch's training accuracy (measured: 0.64-0.70 against
+    # 0.67-0.72), where the running averages gave 0.12-0.36 (chance is 0.1).
+    last_train_acc = result.history[-1]["train_acc"]
+    assert result.test_acc > 0.5 and result.test_acc > last_train_acc - 0.1, (result.test_acc, last_train_acc)
+
+
+def test_recalibrated_statistics_are_the_average_of_the_batch_statistics():
+    from resnetlab.engine.recalibrate import recalibrate_batchnorm
+    from resnetlab.engine.runtime import Precision
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    model(torch.randn(2, 1, 6, 6))
+    model.eval()
+    batches = [torch.randn(8, 1, 6, 6) * (i + 1) + i for i in range(3)]
+    with torch.no_grad():
+        feats = [model[0](x).double() for x in batches]
+    recalibrate_batchnorm(model, batches, device=torch.device("cpu"), precision=Precision("fp32"))
+    bn = model[1]
+    expected_mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    expected_var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    # float32 rounding of the running averages: measured 1.0e-7 (mean) and 7.5e-8 (variance) relative.
+    assert torch.allclose(bn.running_mean.double(), expected_mean, rtol=1e-6, atol=0)
+    assert torch.allclose(bn.running_var.double(), expected_var, rtol=1e-6, atol=0)
+    assert bn.momentum == 0.1 and not model.training  # put back as they were
 
 
 def test_learns_tiny_data(tiny_data, tmp_path):

@@ -52,11 +52,27 @@ def test_eval_matches_training_and_writes_report(trained, ckpt, tiny_data, tmp_p
     assert [line.split()[0] for line in lines[2:12]] == [n.split()[0] for n in resnetlab.data.CLASS_NAMES]
     assert report["count"] == 200 and sum(map(sum, report["confusion"])) == 200
     assert sum(report["confusion"][i][i] for i in range(10)) == report["correct"]
-    assert len(report["mistakes"]) == min(32, 200 - report["correct"])
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "mistakes.png").exists() == (report["correct"] < 200)
+
+
+def test_eval_shows_the_most_confident_mistakes(ckpt, tiny_data, tmp_path, capsys):
+    # The same test images with every label moved to the next class: nearly all predictions are mistakes.
+    import shutil
+
+    from conftest import write_idx
+
+    data = tmp_path / "mislabelled"
+    shutil.copytree(tiny_data, data)
+    test = load_split(tiny_data, "test")
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", ((test.labels + 1) % 10).numpy().astype(np.uint8))
+    out = tmp_path / "eval"
+    assert main(["eval", str(ckpt), "--data", str(data), "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["mistakes"]) == min(32, 200 - report["correct"]) == 32
     probs = [m["prob"] for m in report["mistakes"]]
     assert probs == sorted(probs, reverse=True)  # the most confident errors first
-    for name in ("confusion.png", "mistakes.png"):
-        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "mistakes.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_classification_report_by_hand():

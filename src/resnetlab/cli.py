@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import NoReturn, Sequence
 
 from . import __version__
@@ -192,6 +193,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per task."""
+    from .engine.runtime import DEVICES, PRECISIONS
+
     parser = _Parser(prog="resnetlab", description="Residual networks on PyTorch: build, inspect, train, evaluate, predict, export.")
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -218,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="data folder (default: the one the checkpoint was trained on)")
     p.add_argument("--out", metavar="DIR", help="folder for report.json, confusion.png, mistakes.png (default: eval-<name> beside CKPT)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run (default: auto)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                   help="fp32, bf16, or auto (bf16 on CUDA and CPUs with native bf16); default: the run's own, "
-                        "so figures match the run's")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32, bf16, fp16, fp64, or auto (as in training); default: the run's own where this device "
+                        "has it, so figures match the run's")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files (PNG, JPEG, ...) or folders of them")
@@ -229,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", metavar="FILE_OR_DIR", nargs="+", help="image files, or folders searched for images")
     p.add_argument("--top-k", type=int, default=3, help="classes to list per image (default: 3)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output format (default: table)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="where to run (default: cpu)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("export", help="write ONNX or TorchScript, checked against PyTorch")
@@ -267,6 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     from .engine.distributed import env_rank, launched_by_torchrun
+
+    # Pillow warns (several lines) about images between one and two times its pixel limit before
+    # our own check refuses them in one line; in the command line that line is the whole message.
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
     rank = env_rank()
     who = f"resnetlab {args.command}" + (f" [rank {rank}]" if launched_by_torchrun() else "")

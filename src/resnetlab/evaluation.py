@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from .data import DeviceLoader, ImageSet, load_split, resolve_data_dir
 from .data.folder import is_class_folder, load_class_folder
 from .engine.checkpoint import build_from_weights
-from .engine.runtime import resolve_device, use_bf16
-from .engine.steps import autocast, class_scores
+from .engine.runtime import resolve_device, resolve_precision
+from .engine.steps import class_scores
 from .errors import ResnetlabError
 from .fileio import write_text
 from .pictures import save_confusion, save_image_grid
@@ -118,19 +118,25 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     # Precision, batches and memory format as in training, so the figures match the run's own to the last digit.
     trained = metadata.get("config") or {}
-    bf16 = use_bf16(precision or trained.get("precision", "auto"), dev)
+    if precision is not None:
+        prec = resolve_precision(precision, dev)
+    else:
+        try:  # what the run computed in, where this device has it (fp16 from a GPU run is no CPU option)
+            prec = resolve_precision(metadata.get("precision") or trained.get("precision", "auto"), dev)
+        except ResnetlabError:
+            prec = resolve_precision("auto", dev)
     channels_last = bool(trained.get("channels_last", False))
-    model = model.to(dev).eval()
+    model = model.to(dev, prec.dtype).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     norm = metadata.get("normalization")
     loader = DeviceLoader(test, batch_size or int(trained.get("batch_size", 256)), device=dev,
-                          image_size=metadata["input_size"][1], channels_last=channels_last,
+                          image_size=metadata["input_size"][1], channels_last=channels_last, dtype=prec.dtype,
                           mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
     scores = []
     with torch.no_grad():
         for x, _ in loader.batches():
-            with autocast(dev, bf16):
+            with prec.autocast(dev):
                 scores.append(class_scores(model, x, tta).cpu())
     logits = torch.cat(scores)
     labels = test.labels
@@ -146,7 +152,7 @@ def evaluate_checkpoint(
         "accuracy": correct / len(labels),
         "loss": F.cross_entropy(logits, labels).item(),
         "tta": tta,
-        "precision": "bf16" if bf16 else "fp32",
+        "precision": prec.name,
         "device": str(dev),
         **classification_report(labels, preds, list(metadata["class_names"])),
     }

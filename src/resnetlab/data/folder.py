@@ -29,13 +29,12 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path
+from ..images import GRAY_MODES, ImageError, probe_image, read_image
 from .fashion_mnist import ImageSet
 from .idx import DataError
 
 MAX_AUTO_SIZE = 224
-CACHE_FORMAT = "resnetlab.folder-cache/1"
-# Pillow modes without colour; anything else is read as RGB.
-GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+CACHE_FORMAT = "resnetlab.folder-cache/2"  # 2: 16-bit gray scaled to 8 bits, not clipped
 Warn = Callable[[str], None]
 
 
@@ -86,21 +85,14 @@ def _listing_hash(items: list[tuple[Path, int]], class_names: list[str]) -> str:
 
 def _probe(path: Path) -> tuple[str, int, int] | str:
     """(mode, width, height) from the header, or the reason the file is not an image."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as image:
-            return image.mode, image.width, image.height
-    except UnidentifiedImageError:
-        return "not an image"
-    except (OSError, ValueError, SyntaxError) as exc:
-        return f"unreadable ({exc})"
+        return probe_image(path)
+    except ImageError as exc:
+        return exc.reason
 
 
 def _decode(path: Path, size: int, channels: int) -> np.ndarray | str:
     """The image as uint8 [C, size, size], or the reason it cannot be decoded (a truncated file, say)."""
-    from ..images import ImageError, read_image
-
     try:
         return read_image(path, channels, size).numpy()
     except ImageError as exc:

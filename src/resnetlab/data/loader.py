@@ -24,15 +24,20 @@ from .fashion_mnist import ImageSet
 
 
 def to_model_input(
-    images: torch.Tensor, image_size: int | None, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
+    images: torch.Tensor,
+    image_size: int | None,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """uint8 images [N, C, H, W] -> float model input: scaled to [0, 1], resized, standardised.
 
     The one definition of the model's input, shared by training, evaluation, prediction and
     export checks: bilinear resizing to ``image_size`` squared (antialiased when shrinking),
     then ``(x - mean) / std`` per channel when ``mean`` and ``std`` ([1, C, 1, 1]) are given.
+    ``dtype`` is float32, or float64 for a run that checks results against float64 rounding.
     """
-    x = images.float().div_(255)
+    x = images.to(dtype).div_(255)
     if image_size is not None and tuple(x.shape[-2:]) != (image_size, image_size):
         x = F.interpolate(
             x, size=(image_size, image_size), mode="bilinear",
@@ -134,6 +139,7 @@ class DeviceLoader:
         seed: the run's seed, from which all randomness here is derived.
         channels_last: return batches in channels-last memory format.
         rank, world_size: under torchrun, this process takes its share of every global batch.
+        dtype: the floating dtype of the batches (float32; float64 for ``--precision fp64``).
     """
 
     def __init__(
@@ -152,6 +158,7 @@ class DeviceLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -161,8 +168,9 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.image_size = image_size
         channels = self.images.shape[1]
-        self.mean = None if mean is None else torch.tensor(mean, device=self.device).view(1, channels, 1, 1)
-        self.std = None if std is None else torch.tensor(std, device=self.device).view(1, channels, 1, 1)
+        self.dtype = dtype
+        self.mean = None if mean is None else torch.tensor(mean, dtype=dtype, device=self.device).view(1, channels, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=dtype, device=self.device).view(1, channels, 1, 1)
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment
@@ -194,7 +202,7 @@ class DeviceLoader:
             images = random_crop(images, aug.crop_padding, gen)
         if aug.flip:
             images = random_flip(images, gen)
-        x = to_model_input(images, self.image_size, self.mean, self.std)
+        x = to_model_input(images, self.image_size, self.mean, self.std, self.dtype)
         if aug.erase_prob > 0:
             x = random_erase(x, aug.erase_prob, gen)
         if self.channels_last:

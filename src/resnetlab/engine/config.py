@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError, first_line
+from .runtime import DEVICES, PRECISIONS
 
 
 @dataclass
@@ -59,12 +60,13 @@ class TrainConfig:
     ema_decay: float | None = None  # keep an exponential moving average of the weights and evaluate it (None: off)
 
     # --- evaluation ---
+    recalibrate_bn: int = 2048  # before each evaluation, recompute batch-norm statistics from this many training images (0: keep the running averages, as the book does)
     tta: bool = False  # test-time augmentation: average the predictions for the image and its mirror
     test_each_epoch: bool = False  # also report test accuracy after every epoch (as the book); never used to choose anything
 
     # --- speed and reproducibility ---
-    device: str = "auto"  # auto (cuda if present, else cpu), cpu or cuda
-    precision: str = "auto"  # fp32, bf16 (autocast), or auto: bf16 on CUDA and on CPUs with native bf16, else fp32
+    device: str = "auto"  # auto (cuda if present, else mps, else cpu), cpu, cuda or mps
+    precision: str = "auto"  # fp32; bf16 or fp16 autocast (fp16 with loss scaling, GPUs only); fp64 (CPU, to check results); auto: bf16 on CUDA cards with fast bf16 and on CPUs with native bf16, fp16 on older CUDA cards, else fp32
     channels_last: bool = True  # channels-last memory format for the model and its input
     compile: bool = False  # torch.compile the model (slow start, faster steps)
     seed: int = 0  # seeds the init, the validation split, the data order and augmentation
@@ -160,8 +162,8 @@ INIT_SCHEMES = ("default", "xavier")
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "step", "cosine", "onecycle"),
-    "device": ("auto", "cpu", "cuda"),
-    "precision": ("auto", "fp32", "bf16"),
+    "device": DEVICES,
+    "precision": PRECISIONS,
 }
 
 
@@ -189,7 +191,7 @@ def validate(config: TrainConfig) -> TrainConfig:
         value = getattr(config, name)
         if value is not None and value < 1:
             raise ResnetlabError(f"{flag(name)} {value} must be at least 1")
-    non_negative = ["val_split", "save_every", "crop_padding", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"]
+    non_negative = ["val_split", "save_every", "recalibrate_bn", "crop_padding", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"]
     for name in non_negative:
         if getattr(config, name) < 0:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must not be negative")

@@ -26,11 +26,7 @@ class Dist:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether there is more than one process."""
-        return self.world_size > 1
+    enabled: bool = False  # whether this process is part of a process group (started by torchrun)
 
     @property
     def is_main(self) -> bool:
@@ -44,8 +40,8 @@ def env_rank() -> int:
 
 
 def launched_by_torchrun() -> bool:
-    """Whether torchrun (or another launcher setting WORLD_SIZE > 1) started this process."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun (even with one process), or another launcher setting WORLD_SIZE > 1, started this process."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def init_distributed(device_type: str, timeout_s: int) -> Dist:
@@ -68,7 +64,7 @@ def init_distributed(device_type: str, timeout_s: int) -> Dist:
             backend="nccl" if device_type == "cuda" else "gloo",
             timeout=datetime.timedelta(seconds=timeout_s),
         )
-    return Dist(rank=rank, world_size=world, local_rank=local_rank)
+    return Dist(rank=rank, world_size=world, local_rank=local_rank, enabled=True)
 
 
 _COMM_FAILURE_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "broken pipe", "peer")

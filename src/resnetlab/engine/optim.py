@@ -10,15 +10,29 @@ from torch import nn
 from .config import TrainConfig
 
 
+def fused_supported(device: torch.device) -> bool:
+    """Whether PyTorch has fused optimiser kernels for ``device`` (they can skip a step on the device)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # an older PyTorch: CUDA had them first
+        return device.type == "cuda"
+    return device.type in _get_fused_kernels_supported_devices()
+
+
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or AdamW; weight decay applies to conv and linear weights, not to norms and biases."""
+    """SGD or AdamW; weight decay applies to conv and linear weights, not to norms and biases.
+
+    The fused implementation where the device has one: it takes the whole update in one kernel
+    and, given a ``found_inf`` flag, skips it on the device, which the step guard relies on.
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]  # not the frozen backbone's
     decay = [p for p in trainable if p.ndim > 1]
     no_decay = [p for p in trainable if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = fused_supported(trainable[0].device) if trainable else False
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused or None)
 
 
 def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:

@@ -4,28 +4,51 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..errors import ResnetlabError
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
+
+
+def mps_available() -> bool:
+    """Whether Apple's Metal (MPS) backend is usable here."""
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; asking for cuda without one is a user error."""
+    """``auto`` -> cuda, else mps, else cpu; asking for a device that is not there is a user error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if mps_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ResnetlabError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name == "mps" and not mps_available():
+        built = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_built()
+        why = "this Mac's macOS is older than 12.3 or it has no Metal GPU" if built else "this PyTorch build has no MPS support (it exists only on Apple silicon Macs)"
+        raise ResnetlabError(f"--device mps: Apple's MPS is not available here ({why}); use --device cpu or auto")
+    if name not in DEVICES:
+        raise ResnetlabError(f"--device {name!r} is not one of: {', '.join(DEVICES)}")
     return torch.device(name)
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off.
 
-    Measured on a 2-core AMD EPYC with avx512_bf16 (2026-11-26): bf16 trained the seed's
-    ResNet-18 1.5x faster than fp32 at 28 px; on CPUs without it bf16 is emulated and slower.
+    ``RESNETLAB_CPU_BF16=0`` makes every CPU answer no (``=1``: yes), so a machine with native
+    bf16 can stand in for one without (the test suite and benchmarks use it). Measured on a
+    2-core AMD EPYC with avx512_bf16 (2026-11-26): bf16 trained the seed's ResNet-18 1.5x
+    faster than fp32 at 28 px; on CPUs without it bf16 is emulated and slower.
     """
+    forced = os.environ.get("RESNETLAB_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
@@ -34,11 +57,65 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Resolve ``precision``: ``auto`` is bf16 on CUDA and on CPUs with native bf16, else fp32."""
-    if precision != "auto":
-        return precision == "bf16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """Whether the CUDA card computes bf16 in hardware (Ampere and later), not by emulation.
+
+    ``torch.cuda.is_bf16_supported()`` also answers yes for cards that only emulate bf16 (a T4,
+    a V100), where fp16 is the fast half precision; ``including_emulation=False`` asks the real question.
+    """
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # older PyTorch without the argument: compute capability 8.0 (Ampere) and later
+        return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a run computes: ``fp32``, ``bf16`` or ``fp16`` autocast over fp32 weights, or ``fp64`` throughout."""
+
+    name: str
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype autocast computes in (None: no autocast)."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.name)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights and of the model's input."""
+        return torch.float64 if self.name == "fp64" else torch.float32
+
+    @property
+    def needs_scaler(self) -> bool:
+        """fp16 gradients underflow without loss scaling (a GradScaler); bf16 has fp32's range and needs none."""
+        return self.name == "fp16"
+
+    def autocast(self, device: torch.device):
+        """The autocast context of this precision on ``device`` (a no-op for fp32 and fp64)."""
+        dtype = self.autocast_dtype
+        return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def resolve_precision(name: str, device: torch.device) -> Precision:
+    """``auto``: bf16 on CUDA cards with fast bf16, else fp16 there; bf16 on CPUs with native bf16, else fp32; fp32 on MPS.
+
+    fp16 is refused on the CPU (no fast fp16 kernels; bf16 is the CPU's half precision) and
+    fp64 off the CPU (it exists to verify results against float64 rounding, not for speed).
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            return Precision("bf16" if cuda_has_fast_bf16(device) else "fp16")
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return Precision("bf16")
+        return Precision("fp32")
+    if name == "fp16" and device.type == "cpu":
+        raise ResnetlabError("--precision fp16 needs a GPU (CUDA or MPS); on the CPU use bf16, fp32 or auto")
+    if name == "fp64" and device.type != "cpu":
+        raise ResnetlabError(f"--precision fp64 runs on the CPU only (it is for checking results); use --device cpu, "
+                             f"or fp32/bf16/fp16/auto on {device.type}")
+    if name not in PRECISIONS:
+        raise ResnetlabError(f"--precision {name!r} is not one of: {', '.join(PRECISIONS)}")
+    return Precision(name)
 
 
 def seed_everything(seed: int) -> None:

@@ -29,7 +29,7 @@ from .checkpoint import load_tensors_only, unwrap, versions
 from .steps import Training
 
 STATE_FILE = "train_state.pt"
-FORMAT = "resnetlab.train_state/1"
+FORMAT = "resnetlab.train_state/2"
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Progress:
     global_step: int = 0  # batches processed since the start (skipped ones included)
     loss_sum: torch.Tensor | None = None  # this epoch's summed training loss so far (on the device)
     correct: torch.Tensor | None = None  # this epoch's correct training predictions so far
-    seen: int = 0  # this epoch's training images so far
+    seen: torch.Tensor | None = None  # this epoch's training images so far (on the device)
     epoch_seconds: float = 0.0  # wall time of this epoch's steps so far
     train_seconds: float = 0.0  # wall time of all finished epochs' steps
     train_examples: int = 0  # training images of all finished epochs
@@ -55,12 +55,13 @@ class Progress:
         """Reset the running sums for a new epoch (kept when resuming mid-epoch)."""
         self.loss_sum = torch.zeros((), device=device)
         self.correct = torch.zeros((), dtype=torch.long, device=device)
-        self.seen, self.epoch_seconds = 0, 0.0
+        self.seen = torch.zeros((), dtype=torch.long, device=device)
+        self.epoch_seconds = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and CPU tensors, for ``torch.save``."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for name in ("loss_sum", "correct"):
+        for name in _DEVICE_SUMS:
             if values[name] is not None:
                 values[name] = values[name].detach().cpu()
         return values
@@ -69,11 +70,14 @@ class Progress:
     def from_dict(cls, values: dict[str, Any], device: torch.device) -> "Progress":
         """The inverse of :meth:`to_dict`, with the running sums moved to ``device``."""
         progress = cls(**values)
-        for name in ("loss_sum", "correct"):
+        for name in _DEVICE_SUMS:
             tensor = getattr(progress, name)
             if tensor is not None:
                 setattr(progress, name, tensor.to(device))
         return progress
+
+
+_DEVICE_SUMS = ("loss_sum", "correct", "seen")  # Progress fields kept on the device during an epoch
 
 
 def capture_rng() -> dict[str, Any]:
@@ -125,9 +129,8 @@ def save_train_state(
         "model": unwrap(training.model).state_dict(),
         "optimizer": training.optimizer.state_dict(),
         "scheduler": training.scheduler.state_dict(),
-        "ema": training.ema.averaged.state_dict() if training.ema is not None else None,
-        # bf16 autocast needs no gradient scaler; the slot is kept so an fp16 mode can fill it.
-        "amp_scaler": None,
+        "ema": training.ema.module.state_dict() if training.ema is not None else None,
+        "amp_scaler": training.scaler.state_dict() if training.scaler is not None else None,  # fp16's loss scale
         "best_model": best_weights,
         "rng": capture_rng(),
     }
@@ -142,7 +145,11 @@ def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
         path, name=str(path), damaged="damaged train state", damaged_hint="resume from an intact copy",
         refused_hint="it was not written by resnetlab; use the run's own train_state.pt",
     )
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+    found = state.get("format") if isinstance(state, dict) else None
+    if isinstance(found, str) and found.startswith("resnetlab.train_state/") and found != FORMAT:
+        raise ResnetlabError(f"{path}: written by another version of resnetlab ({found}, this one reads {FORMAT}); "
+                             "finish the run with that version, or start a new run")
+    if found != FORMAT:
         raise ResnetlabError(f"{path}: not a resnetlab train state (no '{FORMAT}' format tag)")
     return state
 
@@ -153,6 +160,8 @@ def restore_train_state(state: dict[str, Any], training: Training) -> Progress:
     training.optimizer.load_state_dict(state["optimizer"])
     training.scheduler.load_state_dict(state["scheduler"])
     if training.ema is not None:
-        training.ema.averaged.load_state_dict(state["ema"])
+        training.ema.module.load_state_dict(state["ema"])
+    if training.scaler is not None and state.get("amp_scaler"):
+        training.scaler.load_state_dict(state["amp_scaler"])
     restore_rng(state["rng"])
     return Progress.from_dict(state["progress"], training.device)

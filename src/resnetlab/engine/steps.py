@@ -1,9 +1,18 @@
-"""One optimisation step and one evaluation pass, and what they need held together."""
+"""One optimisation step and one evaluation pass, and what they need held together.
+
+A training step never waits for the device. Whether its loss and gradients are finite is
+decided on the device, and a bad step changes nothing (weights, optimiser state, batch-norm
+statistics, EMA, loss scale) through masks on the device, not through a branch on the host;
+:class:`StepGuard` keeps the flags, and the run reads them only at check points (every step on
+the CPU, where reading is free; every :data:`CHECK_EVERY` steps on a GPU, and at every save).
+"""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
-from typing import Callable
+from itertools import chain
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,11 +21,15 @@ from torch import nn
 from ..data import DeviceLoader
 from .config import TrainConfig
 from .distributed import all_max
+from .runtime import Precision
+
+# Steps between reads of the guard's flags on an accelerator; on the CPU every step is read.
+CHECK_EVERY = 50
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
+def check_interval(device: torch.device) -> int:
+    """How many steps may pass between reads of the guard's flags on ``device``."""
+    return 1 if device.type == "cpu" else CHECK_EVERY
 
 
 def class_scores(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
@@ -29,7 +42,8 @@ def class_scores(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: Precision = Precision("fp32"),
+             tta: bool = False) -> dict[str, float]:
     """Accuracy and mean cross-entropy of ``model`` over every example of ``loader``.
 
     With ``tta``, the softmax of each image and of its mirror image are averaged.
@@ -43,7 +57,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta:
     for x, y in loader.batches():
         if len(y) == 0:  # under torchrun a rank's share of the last batch can be empty
             continue
-        with autocast(loader.device, bf16):
+        with precision.autocast(loader.device):
             logits = class_scores(model, x, tta)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
@@ -54,21 +68,27 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, bf16: bool = False, tta:
 
 
 class Ema:
-    """An exponential moving average of the weights (buffers copied), evaluated in place of the model."""
+    """An exponential moving average of the weights and float buffers, evaluated in place of the model.
+
+    ``module`` starts as a copy of the model and moves towards it by ``1 - decay`` per step; an
+    update can be masked on the device (a step the guard rejected leaves the average as it was).
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        floats = lambda m: [t for t in chain(m.parameters(), m.buffers()) if t.is_floating_point()]  # noqa: E731
+        self._average, self._source = floats(self.module), floats(model)
 
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-    def update(self, model: nn.Module) -> None:
-        """Move the average one step towards ``model``'s current weights."""
-        self.averaged.update_parameters(model)
-
-    @property
-    def module(self) -> nn.Module:
-        """The averaged model."""
-        return self.averaged.module
+    @torch.no_grad()
+    def update(self, apply: torch.Tensor | None = None) -> None:
+        """Move the average one step towards the model; with ``apply`` (a bool on the device) only where it holds."""
+        weight = torch.tensor(1 - self.decay) if apply is None else apply.to(self._average[0].dtype) * (1 - self.decay)
+        delta = torch._foreach_sub(self._source, self._average)
+        torch._foreach_mul_(delta, weight.to(self._average[0].device))
+        torch._foreach_add_(self._average, delta)
 
 
 def gradient_norm(model: nn.Module) -> torch.Tensor:
@@ -79,26 +99,114 @@ def gradient_norm(model: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
+class GuardReading(NamedTuple):
+    """What the guard's flags said at a check point."""
+
+    halted: bool  # stop mode: a step was bad; nothing has been applied since (the run stops)
+    first_bad: int  # the global step index of that bad step (-1: none)
+    skipped: int  # skip mode: bad steps skipped since the last reading
+    stop: bool  # under torchrun: some rank was asked to stop (a signal)
+
+
+class StepGuard:
+    """Flags on the device that keep a non-finite step from changing anything, read only at check points.
+
+    Stop mode (the default): the first bad step halts the run on the device: it and every later
+    step apply nothing, so at the next reading the state is exactly the one from before the bad
+    step, which the run saves before it stops. Skip mode (``--skip-nonfinite``): each bad step
+    applies nothing and is counted; the others apply as usual. Under torchrun the flags are
+    agreed on by all ranks every step (one small all-reduce that the host does not wait for).
+    """
+
+    def __init__(self, device: torch.device, skip: bool, distributed: bool) -> None:
+        self.skip, self.distributed, self.device = skip, distributed, device
+        self.halted = torch.zeros((), dtype=torch.bool, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.skipped = torch.zeros((), dtype=torch.long, device=device)
+        self.stop = torch.zeros((), dtype=torch.bool, device=device)
+
+    def judge(self, bad: torch.Tensor, global_step: int, stop_requested: bool) -> torch.Tensor:
+        """Record whether this step was ``bad``; return whether it may apply (a bool on the device)."""
+        if self.distributed:
+            # Every rank must take the same decision; a fill kernel brings the host's flag over without a copy.
+            flags = torch.stack([bad.float(), torch.full((), float(stop_requested), device=self.device)])
+            flags = all_max(flags) > 0
+            bad = flags[0]
+            self.stop |= flags[1]
+        if self.skip:
+            self.skipped += bad
+            return ~bad
+        self.first_bad = torch.where(bad & ~self.halted, global_step, self.first_bad)
+        self.halted |= bad
+        return ~self.halted
+
+    def read(self) -> GuardReading:
+        """Read the flags (the one wait for the device) and start counting skipped steps afresh."""
+        halted, first_bad, skipped, stop = torch.stack(
+            [self.halted.long(), self.first_bad, self.skipped, self.stop.long()]).tolist()
+        self.skipped.zero_()
+        return GuardReading(bool(halted), int(first_bad), int(skipped), bool(stop))
+
+
+class StepOutput(NamedTuple):
+    """A step's detached loss and logits, and whether it was applied (a bool on the device)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    applied: torch.Tensor
+
+
+def _masked_copy_(targets: list[torch.Tensor], sources: list[torch.Tensor], keep: torch.Tensor) -> None:
+    """``target = target if keep else source`` for each pair, on the device (no NaN leaks from a discarded target)."""
+    for target, source in zip(targets, sources):
+        target.copy_(torch.where(keep, target, source))
+
+
+def _zero_momentum(optimizer: torch.optim.Optimizer) -> None:
+    """Give SGD its momentum buffers as zeros before the first step.
+
+    Mathematically the same as PyTorch's first step (buffer = gradient), and needed because a
+    fused step that is skipped on the device (``found_inf``) would otherwise leave the buffers
+    it allocated uninitialised for the next step.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return
+    for group in optimizer.param_groups:
+        if group["momentum"] == 0:
+            continue
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if state.get("momentum_buffer") is None:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer`` can skip a step on the device (PyTorch's fused kernels take a ``found_inf`` flag)."""
+    return all(group.get("fused") for group in optimizer.param_groups)
+
+
 @dataclass
 class Training:
-    """What one optimisation step needs, held together: the model, its optimiser, schedule and EMA."""
+    """What one optimisation step needs, held together: the model, its optimiser, schedule, EMA and guard."""
 
     config: TrainConfig
     model: nn.Module
-    step_model: nn.Module  # the model, or its torch.compile wrapper, called in training steps
+    step_model: nn.Module  # the model, or its torch.compile / DDP wrapper, called in training steps
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     criterion: nn.Module
     ema: Ema | None
     device: torch.device
-    bf16: bool
-    distributed: bool = False  # under torchrun: ranks agree on skipping and stopping (one all-reduce per step)
-    stop_requested: Callable[[], bool] = lambda: False  # whether this process was asked to stop (a signal)
+    precision: Precision
+    distributed: bool = False  # under torchrun: ranks agree on skipping and stopping every step
 
     def __post_init__(self) -> None:
-        self.stop_agreed = False  # after each step: whether any rank asked to stop (all ranks then stop together)
+        # fp16 needs loss scaling; the scaler's state lives on the device and travels in train_state.pt.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.needs_scaler else None
+        self.guard = StepGuard(self.device, self.config.skip_nonfinite, self.distributed)
+        _zero_momentum(self.optimizer)
         # The forward pass of a bad batch has already moved the batch-norm running statistics
-        # (possibly to inf) by the time its loss is seen; a copy taken before each step undoes it.
+        # (possibly to inf) by the time its loss is judged; a copy taken before each step undoes it.
         self._buffers = list(self.model.buffers())
         self._buffers_before = [b.detach().clone() for b in self._buffers]
 
@@ -107,45 +215,54 @@ class Training:
         """The weights that are evaluated and saved: the EMA when there is one, else the model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """One optimisation step on a batch; returns the (detached) loss and logits.
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, global_step: int, stop_requested: bool = False) -> StepOutput:
+        """One optimisation step on a batch; never waits for the device.
 
-        If the loss or the gradients are not finite, nothing is changed (no update, no
-        schedule step, no EMA step, batch-norm statistics put back) and ``None`` is returned: the caller stops the run or
-        calls :meth:`skip_step`. The check reads one flag from the device per step, which is
-        free on CPU and costs a short pipeline stall on CUDA; it is what lets a run keep its
-        last good state instead of saving NaN weights.
+        If the loss (or, without fp16 loss scaling, the gradient norm) is not finite, the step
+        applies nothing: no update, no EMA step, batch-norm statistics and loss scale put back.
+        The schedule always advances; in stop mode a halted run rewinds it (:meth:`rewind`).
+        A gradient overflow under fp16 is the loss scaler's business: the update is skipped and
+        the scale lowered, as PyTorch's GradScaler does, and the step counts as good.
         """
         if self._buffers:
             torch._foreach_copy_(self._buffers_before, self._buffers)
-        with autocast(self.device, self.bf16):
+        scaler = self.scaler
+        with self.precision.autocast(self.device):
             logits = self.step_model(x)
-            loss = self.criterion(logits.float(), y)
+            loss = self.criterion(logits.to(self.precision.dtype), y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if scaler is not None:
+            scaled = scaler.scale(loss)  # creates the scale on its first call
+            # PyTorch keeps the scale and its growth counter in these two device tensors.
+            scale_before = [scaler._scale.clone(), scaler._growth_tracker.clone()]
+            scaled.backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         if self.config.grad_clip is not None:
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         else:
             norm = gradient_norm(self.model)
-        bad = ~(torch.isfinite(loss) & torch.isfinite(norm))
-        if self.distributed:
-            # Every rank must take the same branch, or the next collective hangs.
-            flags = all_max(torch.stack([bad.float(), torch.tensor(float(self.stop_requested()), device=bad.device)]))
-            bad_any, stop_any = flags.tolist()
-            skip, self.stop_agreed = bad_any > 0, stop_any > 0
-        else:
-            skip, self.stop_agreed = bool(bad), self.stop_requested()
-        if skip:
-            self.optimizer.zero_grad(set_to_none=True)
-            if self._buffers:
-                torch._foreach_copy_(self._buffers, self._buffers_before)
-            return None
-        self.optimizer.step()
+        finite_norm = torch.isfinite(norm)
+        bad = ~torch.isfinite(loss) if scaler is not None else ~(torch.isfinite(loss) & finite_norm)
+        applied = self.guard.judge(bad, global_step, stop_requested)
+        skip_update = ~applied if scaler is None else ~(applied & finite_norm)
+        if skips_on_device(self.optimizer):
+            self.optimizer.found_inf = skip_update.float()
+            self.optimizer.step()
+        elif not bool(skip_update):  # an optimiser without fused kernels: here the host must look
+            self.optimizer.step()
         self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return loss.detach(), logits.detach()
+        if scaler is not None:
+            scaler.update()
+            _masked_copy_([scaler._scale, scaler._growth_tracker], scale_before, applied)
+        if self._buffers:
+            _masked_copy_(self._buffers, self._buffers_before, applied)
+        if self.ema is not None:  # after the buffers are put back: a NaN times a zero weight is still NaN
+            self.ema.update(applied)
+        return StepOutput(loss.detach(), logits.detach(), applied)
 
-    def skip_step(self) -> None:
-        """Pass over a batch whose loss was not finite: the schedule advances, the weights do not."""
+    def rewind(self, global_step: int) -> None:
+        """Set the schedule back to ``global_step`` (a halted run, whose later steps applied nothing)."""
+        self.scheduler.last_epoch = global_step - 1
         self.scheduler.step()

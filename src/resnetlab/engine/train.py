@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data import Augment, DeviceLoader, ImageSet
+from ..data.loader import mix_seed
 from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped, first_line
 from ..fileio import remove_stale_temporaries, write_text
 from .checkpoint import save_state_dict, save_weights, unwrap, versions
@@ -31,11 +32,12 @@ from .distributed import (
 from .initialize import build_model, set_train_mode
 from .metrics import plot_curves, write_csv
 from .optim import make_optimizer, make_scheduler
+from .recalibrate import recalibrate_batchnorm
 from .run_data import channel_stats, data_fingerprint, load_data, resolve_from_data, silent, warn_stderr
 from .run_folder import follow_link, prepare_run_dir, write_results
-from .runtime import configure_backends, resolve_device, seed_everything, use_bf16
+from .runtime import configure_backends, resolve_device, resolve_precision, seed_everything
 from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
-from .steps import Ema, Training, evaluate
+from .steps import Ema, Training, check_interval, evaluate
 from .stop import StopSignals
 
 Log = Callable[[str], None]
@@ -132,7 +134,7 @@ class _Run:
                 f"--batch-size {config.batch_size} (the global batch) must be divisible by the {self.dist.world_size} "
                 "processes; choose a multiple"
             )
-        self.bf16 = use_bf16(config.precision, device)
+        self.precision = precision = resolve_precision(config.precision, device)
         configure_backends(device, config.deterministic)
         self.stop = StopSignals(log)
 
@@ -150,7 +152,7 @@ class _Run:
             )
         seed_everything(config.seed)
         in_channels, num_classes = train.images.shape[1], len(train.class_names)
-        model = build_model(config, in_channels, num_classes, log=log if state is None else None).to(device)
+        model = build_model(config, in_channels, num_classes, log=log if state is None else None).to(device, precision.dtype)
         if run_dir is None:
             # Only now, with data and model in hand, does the run get a folder: a bad flag leaves nothing behind.
             if self.dist.is_main:
@@ -170,10 +172,11 @@ class _Run:
                 data, config.batch_size, device=device, image_size=config.image_size, mean=mean, std=std,
                 shuffle=training, drop_last=training, seed=config.seed, channels_last=config.channels_last,
                 augment=Augment(config.crop_padding, config.flip, config.erase_prob) if training else Augment(),
-                rank=self.dist.rank, world_size=self.dist.world_size,
+                rank=self.dist.rank, world_size=self.dist.world_size, dtype=precision.dtype,
             )
 
         self.train_loader = loader(train, True)
+        self.recalibration_loader = self._recalibration_loader(train, loader) if config.recalibrate_bn else None
         self.val_loader = loader(val, False) if val is not None else None
         self.test_loader = loader(test, False) if test is not None else None
         optimizer = make_optimizer(config, model)
@@ -186,10 +189,10 @@ class _Run:
             criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
             ema=Ema(model, config.ema_decay) if config.ema_decay else None,
             device=device,
-            bf16=self.bf16,
+            precision=precision,
             distributed=self.dist.enabled,
-            stop_requested=lambda: self.stop.requested,
         )
+        self.check_every = check_interval(device)
         self.metadata = {
             "model": config.model,
             "model_args": model.model_args,
@@ -202,6 +205,7 @@ class _Run:
             "stored_size": int(train.images.shape[-1]),
             "normalization": {"mean": mean, "std": std} if mean is not None else None,
             "preset": config.preset or "",
+            "precision": precision.name,  # what the run computed in (auto resolved)
             "versions": versions(),
             "config": config.to_dict(),
         }
@@ -213,14 +217,14 @@ class _Run:
             if not self.dist.is_main:  # the saved sums are the whole job's: rank 0 carries them on
                 self.progress.loss_sum.zero_()
                 self.progress.correct.zero_()
-                self.progress.seen = 0
+                self.progress.seen.zero_()
         self.elapsed_before = self.progress.elapsed_seconds
         sizes = (len(train), len(val) if val is not None else 0, len(test) if test is not None else 0)
         self.log(
             f"{'resuming' if state is not None else 'training'} {config.model} on {sizes[0]:,} images "
             f"({len(self.train_loader)} steps/epoch), validating on {sizes[1]:,}, testing on {sizes[2]:,}; "
             f"device {device}{f' x {self.dist.world_size} processes' if self.dist.enabled else ''}, "
-            f"{'bf16' if self.bf16 else 'fp32'}; run folder {run_dir}"
+            f"{precision.name}; run folder {run_dir}"
             + (f"; continuing epoch {self.progress.epoch + 1} after step {self.progress.step}/{len(self.train_loader)}"
                if state is not None else "")
         )
@@ -274,27 +278,33 @@ class _Run:
                        unit="step", leave=False)
         start, before = time.perf_counter(), p.epoch_seconds
         for x, y in loader.batches(p.epoch, p.step):
-            out = training.train_step(x, y)
-            if out is None:
-                p.epoch_seconds = before + time.perf_counter() - start
-                self._non_finite()
-            else:
-                loss, logits = out
-                p.loss_sum += loss * len(y)
-                p.correct += (logits.argmax(1) == y).sum()
-                p.seen += len(y)
+            loss, logits, applied = training.train_step(x, y, p.global_step, self.stop.requested)
+            # Sums on the device, counting only applied steps; nothing here waits for the device.
+            p.loss_sum += torch.where(applied, loss.float() * len(y), 0.0)
+            p.correct += torch.where(applied, (logits.argmax(1) == y).sum(), 0)
+            p.seen += applied.long() * len(y)
             p.step += 1
             p.global_step += 1
-            p.epoch_seconds = before + time.perf_counter() - start
             if bar is not None:
                 bar.update(1)
-                if p.step % 10 == 0 and p.seen:
-                    bar.set_postfix(loss=f"{float(p.loss_sum) / p.seen:.3f}", acc=f"{int(p.correct) / p.seen:.3f}")
+            saving = bool(self.config.save_every) and p.global_step % self.config.save_every == 0
+            local_stop = self.stop.requested and not self.dist.enabled  # under torchrun ranks agree at checks
+            if not (p.step == len(loader) or saving or local_stop or p.global_step % self.check_every == 0):
+                continue
+            p.epoch_seconds = before + time.perf_counter() - start
+            reading = training.guard.read()  # the only wait for the device between checks
+            p.skipped += reading.skipped
+            if reading.halted:
+                self._non_finite(reading.first_bad)
+            if bar is not None and p.step % 10 == 0:
+                seen = int(p.seen)
+                if seen:
+                    bar.set_postfix(loss=f"{float(p.loss_sum) / seen:.3f}", acc=f"{int(p.correct) / seen:.3f}")
             if p.step < len(loader):  # the epoch's end saves anyway, after evaluation
-                if training.stop_agreed:
+                if reading.stop if self.dist.enabled else self.stop.requested:
                     self._save_state()
                     self._stopped()
-                if self.config.save_every and p.global_step % self.config.save_every == 0:
+                if saving:
                     self._save_state()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -302,13 +312,16 @@ class _Run:
         if bar is not None:
             bar.close()
 
-    def _non_finite(self) -> None:
-        """A batch gave a NaN/inf loss or gradient: skip it (--skip-nonfinite) or save and stop (exit 3)."""
+    def _non_finite(self, first_bad: int) -> None:
+        """Global step ``first_bad`` gave a NaN/inf loss or gradient: save the state from before it, stop (exit 3).
+
+        Nothing was applied from that step on (see ``StepGuard``), so only the counters and the
+        schedule go back to it.
+        """
         p = self.progress
-        if self.config.skip_nonfinite:
-            self.training.skip_step()
-            p.skipped += 1
-            return
+        epoch_start = p.global_step - p.step
+        p.step, p.global_step = first_bad - epoch_start, first_bad
+        self.training.rewind(first_bad)
         self._save_state()
         raise NonFiniteLossError(
             f"the loss or gradients became NaN/inf at epoch {p.epoch + 1} step {p.step + 1} (global step "
@@ -321,9 +334,11 @@ class _Run:
         """Evaluate, record the epoch, choose the best on validation, save the state and the files."""
         p, config = self.progress, self.config
         self._gather_sums()
-        train_loss = float(p.loss_sum) / p.seen if p.seen else float("nan")
-        train_acc = int(p.correct) / p.seen if p.seen else float("nan")
+        seen = int(p.seen)
+        train_loss = float(p.loss_sum) / seen if seen else float("nan")
+        train_acc = int(p.correct) / seen if seen else float("nan")
         net = self.training.eval_model
+        self._recalibrate(net)
         val_acc = self._accuracy(net, self.val_loader) if self.val_loader else None
         test_acc = self._accuracy(net, self.test_loader) if config.test_each_epoch and self.test_loader else None
         row = {
@@ -333,12 +348,12 @@ class _Run:
             "train_acc": train_acc,
             "val_acc": val_acc,
             "test_acc": test_acc,
-            "examples_per_sec": p.seen / p.epoch_seconds if p.epoch_seconds else 0.0,
+            "examples_per_sec": seen / p.epoch_seconds if p.epoch_seconds else 0.0,
             "seconds": p.epoch_seconds,
         }
         p.history.append(row)
         p.train_seconds += p.epoch_seconds
-        p.train_examples += p.seen
+        p.train_examples += seen
         # The best epoch is chosen on validation accuracy only; without validation it is the last.
         score = val_acc if val_acc is not None else float(p.epoch)
         best_changed = score > p.best_score
@@ -358,12 +373,30 @@ class _Run:
             + f"  {row['examples_per_sec']:.0f} img/s  {row['seconds']:.1f} s{skipped}"
         )
 
+    def _recalibration_loader(self, train: ImageSet, loader: Callable[[ImageSet, bool], DeviceLoader]) -> DeviceLoader | None:
+        """Unaugmented batches of ``recalibrate_bn`` training images in a seeded order (None: no batch norm to set)."""
+        config = self.config
+        if config.freeze_backbone:
+            return None  # a frozen backbone keeps the statistics it came with
+        count = min(config.recalibrate_bn, len(train))
+        if count >= config.batch_size:
+            count -= count % config.batch_size  # whole batches: each counts equally in the average
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(mix_seed(config.seed, 7919)))
+        return loader(train.subset(order[:count]), False)
+
+    def _recalibrate(self, net: nn.Module) -> None:
+        """Recompute ``net``'s batch-norm statistics from training images (see ``recalibrate.py``)."""
+        if self.recalibration_loader is None:
+            return
+        recalibrate_batchnorm(net, (x for x, _ in self.recalibration_loader.batches()), device=self.device,
+                              precision=self.precision, average_over_ranks=self.dist.enabled and not self.config.sync_bn)
+
     def _accuracy(self, net: nn.Module, loader: DeviceLoader) -> float:
         return self._evaluate(net, loader)["acc"]
 
     def _evaluate(self, net: nn.Module, loader: DeviceLoader) -> dict[str, float]:
         """Accuracy and loss over the whole split: each rank's share, summed exactly over ranks."""
-        metrics = evaluate(net, loader, bf16=self.bf16, tta=self.config.tta)
+        metrics = evaluate(net, loader, precision=self.precision, tta=self.config.tta)
         if not self.dist.enabled:
             return metrics
         sums = all_sum(torch.tensor([metrics["correct"], metrics["loss_sum"], metrics["count"]],
@@ -377,16 +410,15 @@ class _Run:
         if not self.dist.enabled:
             return
         p = self.progress
-        sums = all_sum(torch.stack([p.loss_sum.double(), p.correct.double(),
-                                    torch.tensor(float(p.seen), dtype=torch.float64, device=self.device)]))
+        sums = all_sum(torch.stack([p.loss_sum.double(), p.correct.double(), p.seen.double()]))
         if self.dist.is_main:
-            p.loss_sum.fill_(sums[0].item())
-            p.correct.fill_(int(sums[1].item()))
-            p.seen = int(sums[2].item())
+            p.loss_sum.copy_(sums[0])
+            p.correct.copy_(sums[1])
+            p.seen.copy_(sums[2])
         else:
             p.loss_sum.zero_()
             p.correct.zero_()
-            p.seen = 0
+            p.seen.zero_()
 
     def _epoch_metadata(self, epoch: int) -> dict[str, Any]:
         row = self.progress.history[epoch - 1]

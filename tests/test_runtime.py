@@ -1,0 +1,142 @@
+"""Device and precision selection, with the availability probes monkeypatched; the step guard on the device."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import one_line_error
+from resnetlab.engine import TrainConfig
+from resnetlab.engine import runtime
+from resnetlab.engine.optim import make_optimizer, make_scheduler
+from resnetlab.engine.runtime import Precision, resolve_device, resolve_precision
+from resnetlab.engine.steps import Ema, Training
+from resnetlab.errors import ResnetlabError
+
+
+def _machine(monkeypatch, cuda: bool = False, mps: bool = False, fast_bf16: bool = True) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(runtime, "mps_available", lambda: mps)
+    monkeypatch.setattr(runtime, "cuda_has_fast_bf16", lambda device: fast_bf16)
+
+
+@pytest.mark.parametrize("cuda, mps, expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    _machine(monkeypatch, cuda=cuda, mps=mps)
+    assert resolve_device("auto").type == expected
+
+
+def test_missing_devices_are_one_line_errors(monkeypatch, capsys, tiny_data, tmp_path):
+    _machine(monkeypatch)
+    with pytest.raises(ResnetlabError, match="--device mps: Apple's MPS is not available here"):
+        resolve_device("mps")
+    with pytest.raises(ResnetlabError, match="--device cuda: no CUDA GPU"):
+        resolve_device("cuda")
+    one_line_error(capsys, ["train", "--data", str(tiny_data), "--device", "mps", "--out", str(tmp_path / "r")],
+                   "--device mps", "use --device cpu or auto")
+    assert not (tmp_path / "r").exists()
+
+
+def test_precision_by_capability(monkeypatch):
+    cuda, cpu, mps = torch.device("cuda"), torch.device("cpu"), torch.device("mps")
+    _machine(monkeypatch, cuda=True, fast_bf16=True)
+    assert resolve_precision("auto", cuda).name == "bf16"
+    _machine(monkeypatch, cuda=True, fast_bf16=False)  # a T4 or V100: bf16 only emulated
+    assert resolve_precision("auto", cuda) == Precision("fp16") and Precision("fp16").needs_scaler
+    assert resolve_precision("auto", mps).name == "fp32"
+    monkeypatch.setenv("RESNETLAB_CPU_BF16", "0")  # the switch that makes any CPU act as one without native bf16
+    assert resolve_precision("auto", cpu).name == "fp32"
+    monkeypatch.setenv("RESNETLAB_CPU_BF16", "1")
+    assert resolve_precision("auto", cpu).name == "bf16"
+    assert resolve_precision("fp64", cpu).dtype == torch.float64
+    with pytest.raises(ResnetlabError, match="--precision fp16 needs a GPU"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(ResnetlabError, match="--precision fp64 runs on the CPU only"):
+        resolve_precision("fp64", cuda)
+
+
+def test_fp16_on_the_cpu_is_refused_in_one_line(capsys, tiny_data, tmp_path):
+    one_line_error(capsys, ["train", "--data", str(tiny_data), "--device", "cpu", "--precision", "fp16",
+                            "--out", str(tmp_path / "r")], "--precision fp16 needs a GPU")
+    assert not (tmp_path / "r").exists()
+
+
+def _training(skip: bool = False, ema: bool = True, precision: str = "fp32") -> Training:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    config = TrainConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="onecycle",
+                         warmup_epochs=1, epochs=3, skip_nonfinite=skip)
+    optimizer = make_optimizer(config, model)
+    return Training(config, model, model, optimizer, make_scheduler(config, optimizer, 4), nn.CrossEntropyLoss(),
+                    Ema(model, 0.9) if ema else None, torch.device("cpu"), Precision(precision))
+
+
+def _snapshot(t: Training) -> dict:
+    return copy.deepcopy({"model": t.model.state_dict(), "opt": t.optimizer.state_dict(),
+                          "ema": t.ema.module.state_dict() if t.ema else None, "lr": t.optimizer.param_groups[0]["lr"]})
+
+
+def _batches(n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(8, 1, 8, 8, generator=gen), torch.randint(0, 3, (8,), generator=gen)) for _ in range(n)]
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+def test_a_bad_step_halts_on_the_device_and_leaves_the_state_before_it():
+    batches = _batches(7)
+    training = _training()
+    for step, (x, y) in enumerate(batches[:3]):
+        assert training.train_step(x, y, step).applied
+    before = _snapshot(training)
+    poisoned = torch.full_like(batches[3][0], float("nan"))
+    assert not training.train_step(poisoned, batches[3][1], 3).applied
+    for step, (x, y) in enumerate(batches[4:], start=4):  # steps between two readings apply nothing
+        assert not training.train_step(x, y, step).applied
+    reading = training.guard.read()
+    assert reading.halted and reading.first_bad == 3 and reading.skipped == 0
+    training.rewind(reading.first_bad)
+    assert _equal(_snapshot(training), before)  # weights, batch norm, momentum, EMA and lr, bit for bit
+
+
+def test_skip_mode_skips_each_bad_step_and_applies_the_rest():
+    batches = _batches(5)
+    skipping, reference = _training(skip=True), _training(skip=True)
+    for step, (x, y) in enumerate(batches):
+        bad = step == 2
+        out = skipping.train_step(torch.full_like(x, float("inf")) if bad else x, y, step)
+        assert bool(out.applied) is not bad
+        if bad:
+            reference.scheduler.step()  # a skipped step advances only the schedule
+        else:
+            reference.train_step(x, y, step)
+    reading = skipping.guard.read()
+    assert not reading.halted and reading.skipped == 1 and skipping.guard.read().skipped == 0
+    assert _equal(_snapshot(skipping), _snapshot(reference))
+
+
+def test_fp16_overflow_is_the_scalers_business_not_a_bad_step():
+    # fp16 autocast on the CPU exists in PyTorch for testing; the command line refuses it (no fast kernels).
+    training = _training(ema=False, precision="fp16")
+    training.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # every gradient overflows at first
+    x, y = _batches(1)[0]
+    before = copy.deepcopy(dict(training.model.named_parameters()))
+    out = training.train_step(x, y, 0)
+    assert out.applied and training.guard.read() == (False, -1, 0, False)  # judged good: no exit 3
+    assert _equal(dict(training.model.named_parameters()), before)  # but the overflowing update was skipped ...
+    assert training.scaler.get_scale() == 2.0**99  # ... and the scale lowered
+    state = training.scaler.state_dict()
+    again = _training(ema=False, precision="fp16")
+    again.scaler.load_state_dict(state)
+    assert again.scaler.get_scale() == 2.0**99
