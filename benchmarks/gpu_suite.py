@@ -188,11 +188,11 @@ def flops_part(args, peak: float) -> None:
 def tests_part(args) -> None:
     """``pytest -m gpu`` in a subprocess; skipped tests (no CUDA) count as such."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rs",
+    done = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "-rfEs",
                            str(HERE.parent / "tests")], cwd=HERE.parent, env=env, capture_output=True, text=True,
                           timeout=900)
     tail = (done.stdout + done.stderr).strip().splitlines()
-    for line in tail[-40:]:
+    for line in [line for line in tail if line.startswith(("FAILED", "ERROR", "SKIPPED"))] + tail[-40:]:
         say("   " + line)
     summary_line = tail[-1] if tail else "no output"
     ok = done.returncode == 0
