@@ -97,6 +97,20 @@ def write_shape_folder(root: Path, per_class: int = 30, layout: str = "single", 
     return root
 
 
+# What TrainConfig's unset fields become when a test wants none of a preset's recipe: a constant lr,
+# no augmentation, no label smoothing or weight decay, no time budget (fit() would otherwise fill them
+# from the cpu preset, as `resnetlab train` does).
+PLAIN = dict(schedule="constant", warmup_epochs=0.0, crop_padding=0, flip=False, label_smoothing=0.0, nesterov=False,
+             weight_decay=0.0, time_budget=0.0)
+
+
+def plain_config(**fields):
+    """A TrainConfig with ``fields`` and the plain recipe (:data:`PLAIN`) for what they leave unset."""
+    from resnetlab.engine import TrainConfig
+
+    return TrainConfig(**{**PLAIN, **fields})
+
+
 def one_line_error(capsys, argv, *needles, code=2):
     """Run the CLI with ``argv``: it must exit with ``code`` and print one stderr line holding every needle."""
     from resnetlab.cli import main

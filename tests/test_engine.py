@@ -16,6 +16,7 @@ from resnetlab.engine.optim import lr_factor, make_optimizer
 from resnetlab.engine.initialize import build_model
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import D2LResNet
+from conftest import plain_config
 
 
 def tiny(data, tmp_path, **changes):
@@ -25,7 +26,7 @@ def tiny(data, tmp_path, **changes):
         epochs=2, optimizer="sgd", lr=0.02, momentum=0.9, out=str(tmp_path / "run"), precision="fp32",
     )
     values.update(changes)
-    return TrainConfig(**values)
+    return plain_config(**values)
 
 
 def quiet(_):
@@ -34,7 +35,7 @@ def quiet(_):
 
 def test_loss_falls_on_512_images(real_data, tmp_path):
     # The real Fashion-MNIST, its first 512 training images, 4 epochs (32 steps at lr 0.05) on the CPU.
-    config = TrainConfig(
+    config = plain_config(
         data=str(real_data), model="resnet18", image_size=28, val_split=0, limit_train=512, limit_test=256,
         batch_size=64, epochs=4, optimizer="sgd", lr=0.05, momentum=0.9, out=str(tmp_path / "r"), precision="fp32",
     )
@@ -79,7 +80,7 @@ def test_learns_tiny_data(tiny_data, tmp_path):
 
 
 def test_d2l_preset_is_the_book():
-    c = from_preset("d2l")
+    c = from_preset("d2l").with_defaults()
     assert (c.model, c.init, c.optimizer, c.lr, c.momentum, c.weight_decay) == ("d2l_resnet18", "xavier", "sgd", 0.05, 0.0, 0.0)
     assert (c.batch_size, c.image_size, c.epochs, c.schedule) == (256, 96, 10, "constant")
     assert (c.normalize, c.crop_padding, c.flip, c.erase_prob, c.label_smoothing) == (False, 0, False, 0.0, 0.0)
@@ -100,7 +101,7 @@ def test_d2l_preset_is_the_book():
 
 
 def test_schedules():
-    c = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1)
+    c = TrainConfig(epochs=10, schedule="cosine", warmup_epochs=1).with_defaults()
     assert lr_factor(0, c, 10) == pytest.approx(0.1)
     assert lr_factor(9, c, 10) == pytest.approx(1.0)
     assert lr_factor(10, c, 10) == pytest.approx(1.0)
@@ -108,14 +109,14 @@ def test_schedules():
     assert lr_factor(99, c, 10) < 0.001
     one = c.replace(schedule="onecycle")
     assert lr_factor(55, one, 10) == pytest.approx(0.5) and lr_factor(99, one, 10) == pytest.approx(1 / 90)
-    step = TrainConfig(epochs=10, schedule="step", step_epochs=3, step_gamma=0.5)
+    step = TrainConfig(epochs=10, schedule="step", step_epochs=3, step_gamma=0.5).with_defaults()
     assert [lr_factor(e * 10, step, 10) for e in (0, 3, 6, 9)] == [1, 0.5, 0.25, 0.125]
-    assert lr_factor(77, TrainConfig(), 10) == 1.0
+    assert lr_factor(77, TrainConfig().with_defaults(), 10) == 1.0
 
 
 def test_weight_decay_skips_norms_and_biases():
-    model = build_model(TrainConfig(model="resnet18"), 1, 10)
-    opt = make_optimizer(TrainConfig(weight_decay=5e-4, optimizer="adamw"), model)
+    model = build_model(TrainConfig(model="resnet18").with_defaults(), 1, 10)
+    opt = make_optimizer(TrainConfig(weight_decay=5e-4, optimizer="adamw").with_defaults(), model)
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in decayed["params"])
     assert plain["weight_decay"] == 0 and all(p.ndim == 1 for p in plain["params"])
@@ -166,7 +167,9 @@ def test_run_folder(tiny_data, tmp_path):
         ["config.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors", "results.json",
          "train_state.pt"]
     )
-    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == config
+    saved = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert saved.chosen() | config.chosen() == saved.chosen()  # what was chosen is kept ...
+    assert saved == saved.with_defaults() and saved.preset == "cpu"  # ... and the rest decided (no preset named: cpu)
     with open(run / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == COLUMNS and [r["epoch"] for r in rows] == ["1", "2"]

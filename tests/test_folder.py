@@ -55,7 +55,9 @@ def test_shapes_train_to_high_accuracy_and_travel_to_eval_and_predict(shapes_spl
             "--precision", "fp32"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "class folders in" in lines[0] and lines[0].endswith("model resnet18 (stem by image size)")
+    assert lines[0] == "no --preset given: using 'folder' (class folders)"
+    assert lines[1].startswith("288 images of 16 px: resnet18 (small stem) at 16 px, batch 32, lr 0.02, 6 epochs")
+    assert lines[1].endswith("flip on (--no-flip for digits or text)")
     config = json.loads((out / "config.json").read_text())
     assert config["model_args"] == {"stem": "small"} and config["image_size"] == 16  # resolved and recorded
     results = json.loads((out / "results.json").read_text())
@@ -132,7 +134,7 @@ def _tiny_fmnist_checkpoint(path):
 
 def test_init_from_our_checkpoint_with_other_classes_and_channels(tmp_path, capsys):
     source = _tiny_fmnist_checkpoint(tmp_path / "fmnist.safetensors")
-    config = TrainConfig(model="resnet18", model_args={"stem": "small"}, init=str(tmp_path / "fmnist.safetensors"))
+    config = TrainConfig(model="resnet18", model_args={"stem": "small"}, init=str(tmp_path / "fmnist.safetensors")).with_defaults()
     lines = []
     model = build_model(config, in_channels=3, num_classes=3, log=lines.append)
     table = lines[0].splitlines()
@@ -198,7 +200,7 @@ def test_freeze_backbone_trains_only_the_head(shapes_split, tmp_path):
                  "--image-size", "16", "--init", str(tmp_path / "start.safetensors"), "--freeze-backbone",
                  "--precision", "fp32"]) == 0
     start = build_model(TrainConfig(model="resnet18", model_args={"stem": "small"},
-                                    init=str(tmp_path / "start.safetensors")), 3, 3, log=lambda s: None).state_dict()
+                                    init=str(tmp_path / "start.safetensors")).with_defaults(), 3, 3, log=lambda s: None).state_dict()
     trained = load_file(str(out / "last.safetensors"))
     changed = {k for k in trained if not torch.equal(trained[k], start[k])}
     assert changed == {"fc.weight", "fc.bias"}  # weights and batch-norm statistics of the backbone untouched

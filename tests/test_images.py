@@ -135,12 +135,12 @@ def test_unusual_files_are_read_right(tmp_path):
 
 @pytest.fixture(scope="module")
 def classifier_ckpt(tmp_path_factory):
-    from conftest import write_fashion_mnist
-    from resnetlab.engine import TrainConfig, fit
+    from conftest import plain_config, write_fashion_mnist
+    from resnetlab.engine import fit
 
     root = tmp_path_factory.mktemp("imgclf")
     data = write_fashion_mnist(root / "data", n_train=200, n_test=50)
-    fit(TrainConfig(model="resnet18", data=str(data), val_split=50, batch_size=50, epochs=1, precision="fp32",
+    fit(plain_config(model="resnet18", data=str(data), val_split=50, batch_size=50, epochs=1, precision="fp32",
                     out=str(root / "run")), log=lambda line: None)
     return root / "run" / "best.safetensors"
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import resnetlab
-from conftest import one_line_error
+from conftest import one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.data import DeviceLoader, load_split
 from resnetlab.engine import TrainConfig, fit
@@ -22,7 +22,7 @@ from resnetlab.evaluation import classification_report
 def trained(tiny_data, tmp_path_factory):
     """A finished tiny run (fp32, so figures can be compared exactly); returns its folder."""
     out = tmp_path_factory.mktemp("trained") / "run"
-    config = TrainConfig(
+    config = plain_config(
         model="resnet18", data=str(tiny_data), val_split=100, limit_train=500,
         batch_size=50, epochs=2, lr=0.05, momentum=0.9, precision="fp32", out=str(out),
     )
@@ -203,7 +203,7 @@ def test_show_data_and_plot(trained, tiny_data, tmp_path, capsys):
 def test_eval_of_a_three_channel_fashion_mnist_run(tiny_data, tmp_path, capsys):
     # --channels 3 repeats the gray channel in training; eval must feed the test images the same way.
     out = tmp_path / "run"
-    fit(TrainConfig(model="resnet18", data=str(tiny_data), channels=3, val_split=100, limit_train=200, batch_size=50,
+    fit(plain_config(model="resnet18", data=str(tiny_data), channels=3, val_split=100, limit_train=200, batch_size=50,
                     epochs=1, precision="fp32", out=str(out)), log=lambda line: None)
     results = json.loads((out / "results.json").read_text())
     assert main(["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e")]) == 0

@@ -68,7 +68,7 @@ def _training(skip: bool = False, ema: bool = True, precision: str = "fp32") -> 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
     config = TrainConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="onecycle",
-                         warmup_epochs=1, epochs=3, skip_nonfinite=skip)
+                         warmup_epochs=1, epochs=3, skip_nonfinite=skip).with_defaults()
     optimizer = make_optimizer(config, model)
     return Training(config, model, model, optimizer, make_scheduler(config, optimizer, 4), nn.CrossEntropyLoss(),
                     Ema(model, 0.9) if ema else None, torch.device("cpu"), Precision(precision))

@@ -84,17 +84,17 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
     from .engine import fit, resume
-    from .engine.distributed import env_rank
+    from .engine.train import process_age
     from .engine.train_config import config_from_args, resume_overrides_from_args
 
+    started = time.monotonic() - process_age()  # a time budget covers the whole command, start-up included
     if args.resume is not None:
-        resume(args.resume, **resume_overrides_from_args(args))
+        resume(args.resume, started=started, **resume_overrides_from_args(args))
         return 0
-    config, note = config_from_args(args)
-    if note and env_rank() == 0:  # under torchrun, rank 0 speaks for all
-        print(note)
-    fit(config)
+    fit(config_from_args(args), started=started)
     return 0
 
 

@@ -1,7 +1,10 @@
 """The training configuration: one dataclass, saved as ``config.json`` in every run.
 
-Presets fill it in (``d2l``: the book's ``train_ch6`` exactly; ``cpu``, ``fast``, ``best``);
-``--config FILE`` (JSON or YAML) and then command-line flags override single fields.
+A field left at None is not chosen yet: the run fills it from the preset, then from the data
+(``recipes.py``), then from :data:`BASE_DEFAULTS`, and writes the complete configuration to
+``config.json``, so the library (``fit(TrainConfig(...))``) and the command line (flags are
+fields) train the same thing. Each field's help text lives in its metadata, which ``--help``
+shows.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,67 +21,85 @@ from ..errors import ResnetlabError, first_line
 from .runtime import DEVICES, PRECISIONS
 
 
+def option(help: str, default: Any = None) -> Any:  # noqa: A002 - the argparse word
+    """A config field with its help text (shown by ``resnetlab train --help``)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Units: pixels, images, epochs."""
+    """Everything that defines a training run. Units: pixels, images, epochs, minutes.
+
+    None means "not chosen": the preset, the data or the base defaults decide (see the module).
+    """
 
     # --- what is trained ---
-    preset: str | None = None  # the preset these values started from (d2l, cpu, fast, best), or None
-    model: str = "d2l_resnet18"  # a registered model name (see `resnetlab models`)
-    model_args: dict[str, Any] = field(default_factory=dict)  # extra builder arguments, e.g. {"stem": "small"}
-    init: str = "default"  # "default" (the model's own init), "xavier" (the book's: Xavier-uniform conv and linear weights), or a weight file (.safetensors, or .pth read weights-only) to start from
-    init_non_strict: bool = False  # with --init FILE: keep the model's own values where the file's do not fit, instead of stopping
-    freeze_backbone: bool = False  # train only the classifier head (the backbone's weights and batch-norm statistics stay fixed)
+    preset: str | None = option("the recipe to start from: d2l, cpu, fast, best or folder (default: fast on a CUDA GPU, "
+                                "else cpu; folder for a class-folder data set)")
+    model: str | None = option("a registered model name (see 'resnetlab models'); default: the preset's, resnet18 for class folders")
+    model_args: dict[str, Any] | None = option('extra builder arguments as JSON, e.g. \'{"stem": "small"}\'; stem "auto": '
+                                               "small for images up to 32 px, imagenet above")
+    init: str | None = option("default (the model's own init), xavier (the book's Xavier-uniform), or a weight file "
+                              "(.safetensors, or .pth read weights-only) to start from")
+    init_non_strict: bool | None = option("with --init FILE: keep the model's own values where the file's do not fit, instead of stopping")
+    freeze_backbone: bool | None = option("train only the classifier head (the backbone's weights and batch-norm statistics stay fixed)")
 
     # --- data ---
-    data: str | None = None  # Fashion-MNIST folder, or a class-folder data set (DIR/train/<class>/*, DIR/val/..., or DIR/<class>/*); None: $RESNETLAB_DATA, else Debian's /usr/share/datasets/fashion-mnist
-    val_split: int = 5000  # Fashion-MNIST: training images held out (seeded) to pick the best epoch; 0: train on all 60,000
-    val_fraction: float = 0.2  # class folders without val/: the share of each class held out (seeded, stratified)
-    channels: int | None = None  # 1 or 3: force grayscale or RGB; None: as the data are
-    strict: bool = False  # class folders: stop on files that are not readable images instead of skipping them with a warning
-    limit_train: int | None = None  # use only the first N training images (quick tries, tests)
-    limit_test: int | None = None  # evaluate on only the first N test images
-    image_size: int | None = 28  # side of the square model input (images are resized, bilinear); None: the data's own (class folders: median side, at most 224)
-    normalize: bool = True  # standardise pixels with the training set's mean and std; False: only scale to [0, 1]
-    crop_padding: int = 0  # augmentation: random crop after zero-padding by this many pixels (0: off)
-    flip: bool = False  # augmentation: random horizontal flip
-    erase_prob: float = 0.0  # augmentation: probability of random erasing of one rectangle
+    data: str | None = option("Fashion-MNIST folder, or a class-folder data set (DIR/train/<class>/*, DIR/val/..., or "
+                              "DIR/<class>/*); default: $RESNETLAB_DATA, else Debian's /usr/share/datasets/fashion-mnist")
+    val_split: int | None = option("Fashion-MNIST: training images held out (seeded) to pick the best epoch; 0: train on all 60,000")
+    val_fraction: float | None = option("class folders without val/: the share of each class held out (seeded, stratified)")
+    channels: int | None = option("1 or 3: force grayscale or RGB (default: as the data are)")
+    strict: bool | None = option("class folders: stop on files that are not readable images instead of skipping them with a warning")
+    limit_train: int | None = option("use only the first N training images (quick tries, tests)")
+    limit_test: int | None = option("evaluate on only the first N test images")
+    image_size: int | None = option("side of the square model input (images are resized, bilinear); default: the preset's, "
+                                    "for class folders the median side of the images, at most 224")
+    normalize: bool | None = option("standardise pixels with the training set's mean and std (else only scale to [0, 1])")
+    crop_padding: int | None = option("augmentation: random crop after zero-padding by this many pixels (0: off)")
+    flip: bool | None = option("augmentation: random horizontal flip (right for photos, wrong for digits or text)")
+    erase_prob: float | None = option("augmentation: probability of random erasing of one rectangle")
 
     # --- optimisation ---
-    epochs: int = 10  # passes over the training images
-    batch_size: int = 256  # images per step (the global batch under torchrun)
-    optimizer: str = "sgd"  # "sgd" or "adamw"
-    lr: float = 0.05  # peak learning rate for the global batch
-    momentum: float = 0.0  # SGD momentum (0: plain SGD, as the book)
-    nesterov: bool = False  # Nesterov momentum (SGD)
-    weight_decay: float = 0.0  # L2 penalty (SGD) or decoupled decay (AdamW); not applied to norms and biases
-    schedule: str = "constant"  # learning-rate schedule: constant, step, cosine or onecycle
-    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs (all schedules)
-    step_epochs: int = 30  # step schedule: multiply the lr by step_gamma every this many epochs
-    step_gamma: float = 0.1  # step schedule: the factor
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    grad_clip: float | None = None  # clip the global gradient norm to this value (None: off)
-    ema_decay: float | None = None  # keep an exponential moving average of the weights and evaluate it (None: off)
+    epochs: int | None = option("passes over the training images (with --time-budget: the most it may do)")
+    time_budget: float | None = option("minutes for the whole run, start-up to the last line: the run measures its speed on its "
+                                       "first steps and then fixes its number of steps to fit (0: no budget)")
+    max_steps: int | None = option("the number of steps a time budget bought (written by the run; the schedule spans them)")
+    batch_size: int | None = option("images per step (the global batch under torchrun)")
+    optimizer: str | None = option("sgd or adamw")
+    lr: float | None = option("peak learning rate for the global batch")
+    momentum: float | None = option("SGD momentum (0: plain SGD, as the book)")
+    nesterov: bool | None = option("Nesterov momentum (SGD)")
+    weight_decay: float | None = option("L2 penalty (SGD) or decoupled decay (AdamW); not applied to norms and biases")
+    schedule: str | None = option("learning-rate schedule: constant, step, cosine or onecycle")
+    warmup_epochs: float | None = option("linear warm-up from 0 over this many epochs (all schedules)")
+    step_epochs: int | None = option("step schedule: multiply the lr by --step-gamma every this many epochs")
+    step_gamma: float | None = option("step schedule: the factor")
+    label_smoothing: float | None = option("cross-entropy label smoothing")
+    grad_clip: float | None = option("clip the global gradient norm to this value (default: off)")
+    ema_decay: float | None = option("evaluate an exponential moving average of the weights with this decay (0: off)")
 
     # --- evaluation ---
-    recalibrate_bn: int = 2048  # before each evaluation, recompute batch-norm statistics from this many training images (0: keep the running averages, as the book does)
-    tta: bool = False  # test-time augmentation: average the predictions for the image and its mirror
-    test_each_epoch: bool = False  # also report test accuracy after every epoch (as the book); never used to choose anything
+    recalibrate_bn: int | None = option("before each evaluation, recompute batch-norm statistics from this many training "
+                                        "images (0: keep the running averages, as the book does)")
+    tta: bool | None = option("test-time augmentation: average the predictions for the image and its mirror")
+    test_each_epoch: bool | None = option("also report test accuracy after every epoch (as the book); never used to choose anything")
 
     # --- speed and reproducibility ---
-    device: str = "auto"  # auto (cuda if present, else mps, else cpu), cpu, cuda or mps
-    precision: str = "auto"  # fp32; bf16 or fp16 autocast (fp16 with loss scaling, GPUs only); fp64 (CPU, to check results); auto: bf16 on CUDA cards with fast bf16 and on CPUs with native bf16, fp16 on older CUDA cards, else fp32
-    channels_last: bool = True  # channels-last memory format for the model and its input
-    compile: bool = False  # torch.compile the model (slow start, faster steps)
-    seed: int = 0  # seeds the init, the validation split, the data order and augmentation
-    sync_bn: bool = False  # under torchrun: batch-norm statistics over the global batch, not each process's share
-    dist_timeout: int = 300  # under torchrun: seconds a collective may wait for the other processes before failing
-    deterministic: bool = False  # use only deterministic algorithms (bit-exact resume on CPU; CUDA warns where it cannot)
+    device: str | None = option("auto (cuda, else mps, else cpu), cpu, cuda or mps")
+    precision: str | None = option("auto (bf16 on CUDA cards with fast bf16 and CPUs with native bf16, fp16 on older CUDA "
+                                   "cards, else fp32), fp32, bf16, fp16 (GPUs, with loss scaling), or fp64 (CPU, to check results)")
+    channels_last: bool | None = option("channels-last memory format for the model and its input")
+    compile: bool | None = option("torch.compile the model (slow start, faster steps)")
+    seed: int | None = option("seeds the init, the validation split, the data order and augmentation")
+    sync_bn: bool | None = option("under torchrun: batch-norm statistics over the global batch, not each process's share")
+    dist_timeout: int | None = option("under torchrun: seconds a collective may wait for the other processes before failing")
+    deterministic: bool | None = option("use only deterministic algorithms (bit-exact resume on CPU; CUDA warns where it cannot)")
 
     # --- saving and safety ---
-    out: str | None = None  # run folder; None: runs/<date-time>-<model>
-    save_every: int = 0  # also save train_state.pt every N steps, not only after each epoch (0: epochs only)
-    skip_nonfinite: bool = False  # skip a batch whose loss or gradients are NaN/inf (counted) instead of stopping with exit 3
+    out: str | None = option("run folder (default: runs/<date-time>-<model>)")
+    save_every: int | None = option("also save train_state.pt every N steps, not only after each epoch (0: epochs only)")
+    skip_nonfinite: bool | None = option("skip a batch whose loss or gradients are NaN/inf (counted) instead of stopping with exit 3")
 
     def to_dict(self) -> dict[str, Any]:
         """The configuration as plain JSON-able values."""
@@ -89,10 +111,18 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> "TrainConfig":
         """A copy with some fields changed; unknown names raise :class:`ResnetlabError`."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        unknown = sorted(set(changes) - set(field_names()))
         if unknown:
             raise ResnetlabError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(field_names())}")
         return dataclasses.replace(self, **changes)
+
+    def chosen(self) -> dict[str, Any]:
+        """The fields that are set (not None)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None}
+
+    def with_defaults(self) -> "TrainConfig":
+        """Fields still unset take :data:`BASE_DEFAULTS` (what neither preset nor data decided)."""
+        return self.replace(**{k: v for k, v in BASE_DEFAULTS.items() if getattr(self, k) is None})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -102,32 +132,48 @@ class TrainConfig:
         return check_types(cls().replace(**values), source)
 
 
+# What a field is when neither the preset nor the data chose it: the book's train_ch6 where it has one.
+BASE_DEFAULTS: dict[str, Any] = dict(
+    model="d2l_resnet18", model_args={}, init="default", init_non_strict=False, freeze_backbone=False,
+    val_split=5000, val_fraction=0.2, strict=False, image_size=28, normalize=True, crop_padding=0, flip=False,
+    erase_prob=0.0, epochs=10, time_budget=0.0, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.0, nesterov=False,
+    weight_decay=0.0, schedule="constant", warmup_epochs=0.0, step_epochs=30, step_gamma=0.1, label_smoothing=0.0,
+    ema_decay=0.0, recalibrate_bn=2048, tta=False, test_each_epoch=False, device="auto", precision="auto",
+    channels_last=True, compile=False, seed=0, sync_bn=False, dist_timeout=300, deterministic=False, save_every=0,
+    skip_nonfinite=False,
+)
+
+
 def field_names() -> list[str]:
     """The names of all :class:`TrainConfig` fields."""
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+def field_help() -> dict[str, str]:
+    """Each field's help text, from its metadata."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def field_kind(name: str) -> type:
+    """The value type of a field: bool, int, float, str or dict (None aside)."""
+    args = [a for a in typing.get_args(_HINTS[name]) if a is not type(None)]
+    kind = typing.get_origin(args[0]) or args[0]
+    return kind
 
 
 def check_types(config: TrainConfig, source: str) -> TrainConfig:
     """Raise :class:`ResnetlabError` naming the field if a value has the wrong type."""
-    for name, declared in _TYPES.items():
+    for name in field_names():
         value = getattr(config, name)
-        allowed: tuple[type, ...]
-        if "dict" in declared:
-            allowed = (dict,)
-        elif declared.startswith("bool"):
-            allowed = (bool,)
-        elif declared.startswith("int"):
-            allowed = (int,)
-        elif declared.startswith("float"):
-            allowed = (int, float)
-        else:
-            allowed = (str,)
-        if value is None and "None" in declared:
+        if value is None:
             continue
-        if not isinstance(value, allowed) or (allowed != (bool,) and isinstance(value, bool)):
+        kind = field_kind(name)
+        allowed: tuple[type, ...] = (int, float) if kind is float else (kind,)
+        if not isinstance(value, allowed) or (kind is not bool and isinstance(value, bool)):
+            declared = f"{kind.__name__} or null"
             raise ResnetlabError(f"{source}: field {name!r} must be {declared}, got {value!r}")
     return config
 
@@ -159,6 +205,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 INIT_SCHEMES = ("default", "xavier")
+# Fields a resumed run may change: they decide how the run is saved and guarded, not what it computes.
+RESUME_OVERRIDES = ("save_every", "skip_nonfinite")
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "step", "cosine", "onecycle"),
@@ -173,41 +221,42 @@ def flag(name: str) -> str:
 
 
 def validate(config: TrainConfig) -> TrainConfig:
-    """Raise :class:`ResnetlabError` naming the flag for a value out of range; return ``config``."""
+    """Raise :class:`ResnetlabError` naming the flag for a value out of range; return ``config``.
+
+    Unset fields (None) pass: a partial configuration is checked as far as it goes.
+    """
+    def given(name: str) -> bool:
+        return getattr(config, name) is not None
+
     for name, options in CHOICES.items():
-        if getattr(config, name) not in options:
+        if given(name) and getattr(config, name) not in options:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)!r} is not one of: {', '.join(options)}")
-    positive = ["epochs", "batch_size", "step_epochs", "dist_timeout"]
-    for name in positive:
-        if getattr(config, name) < 1:
+    for name in ("epochs", "batch_size", "step_epochs", "dist_timeout", "limit_train", "limit_test", "image_size", "max_steps"):
+        if given(name) and getattr(config, name) < 1:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must be at least 1")
-    if config.init not in INIT_SCHEMES and not Path(config.init).is_file():
+    if given("init") and config.init not in INIT_SCHEMES and not Path(config.init).is_file():
         raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, or a .safetensors/.pth weight file")
     if config.channels not in (None, 1, 3):
         raise ResnetlabError(f"--channels {config.channels} must be 1 (grayscale) or 3 (RGB)")
-    if not 0 < config.val_fraction < 1:
+    if given("val_fraction") and not 0 < config.val_fraction < 1:
         raise ResnetlabError(f"--val-fraction {config.val_fraction} must be between 0 and 1")
-    for name in ("limit_train", "limit_test", "image_size"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise ResnetlabError(f"{flag(name)} {value} must be at least 1")
-    non_negative = ["val_split", "save_every", "recalibrate_bn", "crop_padding", "momentum", "weight_decay", "warmup_epochs", "label_smoothing"]
-    for name in non_negative:
-        if getattr(config, name) < 0:
+    for name in ("val_split", "save_every", "crop_padding", "momentum", "weight_decay", "warmup_epochs", "label_smoothing",
+                 "recalibrate_bn", "time_budget", "ema_decay"):
+        if given(name) and getattr(config, name) < 0:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must not be negative")
-    if not config.lr > 0:
+    if given("lr") and not config.lr > 0:
         raise ResnetlabError(f"--lr {config.lr} must be positive")
-    if not 0 <= config.erase_prob <= 1:
+    if given("erase_prob") and not 0 <= config.erase_prob <= 1:
         raise ResnetlabError(f"--erase-prob {config.erase_prob} must be between 0 and 1")
-    if not config.label_smoothing < 1:
+    if given("label_smoothing") and not config.label_smoothing < 1:
         raise ResnetlabError(f"--label-smoothing {config.label_smoothing} must be below 1")
-    if config.momentum >= 1:
+    if given("momentum") and config.momentum >= 1:
         raise ResnetlabError(f"--momentum {config.momentum} must be below 1")
-    if config.grad_clip is not None and not config.grad_clip > 0:
+    if given("grad_clip") and not config.grad_clip > 0:
         raise ResnetlabError(f"--grad-clip {config.grad_clip} must be positive")
-    if config.ema_decay is not None and not 0 < config.ema_decay < 1:
-        raise ResnetlabError(f"--ema-decay {config.ema_decay} must be between 0 and 1")
-    if config.warmup_epochs > config.epochs:
+    if given("ema_decay") and not config.ema_decay < 1:
+        raise ResnetlabError(f"--ema-decay {config.ema_decay} must be below 1 (0: no EMA)")
+    if given("warmup_epochs") and given("epochs") and config.warmup_epochs > config.epochs:
         raise ResnetlabError(f"--warmup-epochs {config.warmup_epochs} must not exceed --epochs {config.epochs}")
     if config.nesterov and config.momentum == 0:
         raise ResnetlabError("--nesterov needs a positive --momentum")

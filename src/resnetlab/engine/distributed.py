@@ -28,10 +28,38 @@ class Dist:
     local_rank: int = 0
     enabled: bool = False  # whether this process is part of a process group (started by torchrun)
 
+    @classmethod
+    def join(cls, device_type: str, timeout_s: int) -> "Dist":
+        """Join the process group torchrun set up (see :func:`init_distributed`); one process: nothing to join."""
+        return init_distributed(device_type, timeout_s)
+
     @property
     def is_main(self) -> bool:
         """Rank 0: the one that prints and writes files."""
         return self.rank == 0
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """``flag`` or'ed over all ranks, so that all take the same branch (one process: ``flag``)."""
+        if not self.enabled:
+            return flag
+        return all_max(torch.tensor([float(flag)], device=device)).item() > 0
+
+    def sum_(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum ``values`` over all ranks, in place (one process: unchanged)."""
+        return all_sum(values) if self.enabled else values
+
+    def broadcast_text(self, text: str | None) -> str:
+        """Rank 0's ``text`` on every rank (for the run folder rank 0 chose)."""
+        if not self.enabled:
+            return text or ""
+        box = [text]
+        dist.broadcast_object_list(box, src=0)
+        return box[0] or ""
+
+    def barrier(self) -> None:
+        """Wait for all ranks (a rank tearing down early can abort its peers)."""
+        if self.enabled:
+            dist.barrier()
 
 
 def env_rank() -> int:
@@ -96,15 +124,6 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
-
-
-def broadcast_text(text: str | None, ctx: Dist) -> str:
-    """Rank 0's ``text`` on every rank (for the run folder rank 0 chose)."""
-    if not ctx.enabled:
-        return text or ""
-    box = [text]
-    dist.broadcast_object_list(box, src=0)
-    return box[0] or ""
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -35,10 +36,34 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused or None)
 
 
+MEASURE_STEPS = 20  # a time-budgeted run measures its speed over its first steps, at most this many
+
+
+def measure_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The global step at which a time-budgeted run fixes its number of steps (a quarter of the most it may do, at most 20)."""
+    return min(MEASURE_STEPS, max(1, config.epochs * steps_per_epoch // 4))
+
+
+def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """The steps the run takes: what a time budget bought, else ``epochs`` full epochs."""
+    return config.max_steps or config.epochs * steps_per_epoch
+
+
 def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
-    """The schedule's multiplier of the peak lr at optimizer step ``step`` (0-based)."""
-    total = config.epochs * steps_per_epoch
+    """The schedule's multiplier of the peak lr at optimizer step ``step`` (0-based).
+
+    The schedule spans :func:`total_steps`. A time-budgeted run learns its total only after its
+    first :func:`measure_steps` steps; those follow the schedule of the most it may do
+    (``epochs``), the rest the one of the steps it bought, so a run repeated from its
+    ``config.json`` (which holds that figure) takes the same steps. The presets' warm-up covers
+    the measured steps, where the two schedules agree anyway.
+    """
+    ceiling = config.epochs * steps_per_epoch
+    measuring = bool(config.time_budget) and step < measure_steps(config, steps_per_epoch)
+    total = ceiling if measuring else total_steps(config, steps_per_epoch)
     warmup = round(config.warmup_epochs * steps_per_epoch)
+    if not measuring and config.max_steps:
+        warmup = min(warmup, total // 2)  # a budget that bought little still gets a decay
     if step < warmup:
         return (step + 1) / warmup
     if config.schedule == "constant":
@@ -52,7 +77,12 @@ def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
 
 
 def make_scheduler(
-    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+    config: TrainConfig | Callable[[], TrainConfig], optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """A per-step scheduler following :func:`lr_factor`; its state dict is a step count only."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, steps_per_epoch))
+    """A per-step scheduler following :func:`lr_factor`; its state dict is a step count only.
+
+    ``config`` may be a function returning the run's current config, so that a time budget's
+    figure, fixed after the scheduler is made, takes effect.
+    """
+    current = config if callable(config) else (lambda: config)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, current(), steps_per_epoch))

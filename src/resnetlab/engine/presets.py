@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (bf16 autocast where the CPU has native bf16), SGD with Nesterov momentum, a one-cycle
     # schedule, label smoothing, random crop and flip. Chosen on validation accuracy.
     "cpu": dict(
-        model="d2l_resnet18", init="default", image_size=28, batch_size=256, epochs=8,
+        model="d2l_resnet18", init="default", image_size=28, batch_size=256, epochs=8, time_budget=10.0,
         optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
         schedule="onecycle", warmup_epochs=1.0, label_smoothing=0.1,
         crop_padding=2, flip=True, erase_prob=0.0, val_split=5000,
@@ -48,6 +48,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         schedule="cosine", warmup_epochs=2.0, label_smoothing=0.1,
         crop_padding=2, flip=True, erase_prob=0.25, ema_decay=0.999, tta=True, val_split=5000,
     ),
+    # Your own images (the default for class folders): resnet18 with the stem and image size that
+    # suit the images; batch size, learning rate, epochs, crop and (on the CPU) a 10-minute time
+    # budget follow from the number and size of the images (engine/resolve.py, folder_recipe).
+    "folder": dict(
+        model="resnet18", model_args={"stem": "auto"}, init="default", optimizer="sgd", momentum=0.9, nesterov=True,
+        weight_decay=5e-4, schedule="onecycle", label_smoothing=0.1, flip=True, erase_prob=0.0, val_split=5000,
+    ),
 }
 
 
@@ -57,7 +64,13 @@ def preset_names() -> list[str]:
 
 
 def from_preset(name: str) -> TrainConfig:
-    """A :class:`TrainConfig` with the preset's fields set; unknown names raise :class:`ResnetlabError`."""
+    """A :class:`TrainConfig` with the preset's fields set (the rest unset); unknown names raise :class:`ResnetlabError`."""
+    check_preset(name)
+    return TrainConfig(preset=name).replace(**PRESETS[name])
+
+
+def check_preset(name: str) -> str:
+    """``name`` if it is a preset, else a :class:`ResnetlabError` listing them."""
     if name not in PRESETS:
         raise ResnetlabError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
-    return TrainConfig(preset=name).replace(**PRESETS[name])
+    return name

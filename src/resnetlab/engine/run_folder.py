@@ -1,4 +1,4 @@
-"""The run folder: where a run's files go, ``runs/latest``, and ``results.json``."""
+"""The run folder: where a run's files go, ``runs/latest``, and writing them from rank 0 only."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import ResnetlabError
 from ..fileio import write_text
+from .checkpoint import save_state_dict
+from .distributed import Dist
+from .metrics import plot_curves, write_csv
 
 
 def default_run_dir(model_name: str) -> Path:
@@ -43,9 +48,39 @@ def follow_link(path: Path) -> Path:
     return path.parent / os.readlink(path) if path.is_symlink() else path
 
 
-def write_results(result: Any) -> None:
-    """Write ``results.json``: the final numbers of a run."""
-    values = {k: v for k, v in result.__dict__.items() if k not in ("run_dir", "history")}
-    # JSON has no NaN: a metric that is not a number (a run whose loss diverged) is written as null.
-    values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
-    write_text(result.run_dir / "results.json", json.dumps(values, indent=2, allow_nan=False) + "\n")
+class RunFolder:
+    """A run's folder; only rank 0 writes (on the other ranks every write does nothing)."""
+
+    def __init__(self, path: Path, writes: bool) -> None:
+        self.path, self.writes = path, writes
+
+    @classmethod
+    def create(cls, out: str | None, model_name: str, dist: Dist) -> "RunFolder":
+        """Rank 0 creates the folder (see :func:`prepare_run_dir`); every rank learns its path."""
+        path = prepare_run_dir(out, model_name) if dist.is_main else None
+        return cls(Path(dist.broadcast_text(str(path) if path is not None else None)), dist.is_main)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def write_text(self, name: str, text: str) -> None:
+        """Write a text file into the folder, atomically."""
+        if self.writes:
+            write_text(self.path / name, text)
+
+    def write_weights(self, name: str, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        """Write weights with their header (``best.safetensors``, ``last.safetensors``)."""
+        if self.writes:
+            save_state_dict(self.path / name, state, metadata)
+
+    def write_metrics(self, history: list[dict], title: str) -> None:
+        """``metrics.csv`` and ``curves.png`` for the epochs so far."""
+        if self.writes:
+            write_csv(self.path / "metrics.csv", history)
+            plot_curves(self.path / "curves.png", history, title=title)
+
+    def write_results(self, result: Any) -> None:
+        """``results.json``: the final numbers of a run (JSON has no NaN: a diverged metric is null)."""
+        values = {k: v for k, v in result.__dict__.items() if k not in ("run_dir", "history")}
+        values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
+        self.write_text("results.json", json.dumps(values, indent=2, allow_nan=False) + "\n")

@@ -1,15 +1,22 @@
 """A whole training run: ``fit(config)`` starts one, ``resume(run_dir)`` continues one.
 
-It takes a :class:`TrainConfig` and knows nothing of the command line. Data stays on the
-device as uint8 (see ``data/loader.py``). The run folder is the run's memory: ``config.json``
-at the start, ``train_state.pt`` after every epoch (and every ``save_every`` steps), so a run
-killed at any instant continues from its last save with the same result (see ``state.py``).
+It takes a :class:`TrainConfig` and knows nothing of the command line; what the config leaves
+unset is decided here, the same way for every caller (``resolve.py``). Data stays on the
+device as uint8 (``data/loader.py``). The run folder is the run's memory: ``config.json`` at the
+start, ``train_state.pt`` after every epoch (and every ``save_every`` steps), so a run killed at
+any instant continues from its last save with the same result (``state.py``).
+
+With a time budget (``--time-budget MINUTES``, the ``cpu`` preset's 10) the run measures its
+speed over its first steps, then fixes its number of steps so that the whole run, evaluation and
+files included, ends within the budget; that figure goes into ``config.json`` (``max_steps``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,18 +30,15 @@ from ..data import Augment, DeviceLoader, ImageSet
 from ..data.loader import mix_seed
 from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped, first_line
 from ..fileio import remove_stale_temporaries, write_text
-from .checkpoint import save_state_dict, save_weights, unwrap, versions
-from .config import TrainConfig, load_config_file, validate
-from .distributed import (
-    all_max, all_sum, broadcast_text, convert_sync_batchnorm, env_rank, init_distributed, is_comm_failure, shutdown,
-    wrap_ddp,
-)
+from .checkpoint import unwrap, versions
+from .config import BASE_DEFAULTS, RESUME_OVERRIDES, TrainConfig, load_config_file, validate
+from .distributed import Dist, convert_sync_batchnorm, env_rank, is_comm_failure, shutdown, wrap_ddp
 from .initialize import build_model, set_train_mode
-from .metrics import plot_curves, write_csv
-from .optim import make_optimizer, make_scheduler
+from .optim import make_optimizer, make_scheduler, measure_steps, total_steps
 from .recalibrate import recalibrate_batchnorm
-from .run_data import channel_stats, data_fingerprint, load_data, resolve_from_data, silent, warn_stderr
-from .run_folder import follow_link, prepare_run_dir, write_results
+from .resolve import apply_data, apply_preset
+from .run_data import channel_stats, data_fingerprint, load_data, silent, warn_stderr
+from .run_folder import RunFolder, follow_link
 from .runtime import configure_backends, resolve_device, resolve_precision, seed_everything
 from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
 from .steps import Ema, Training, check_interval, evaluate
@@ -42,8 +46,12 @@ from .stop import StopSignals
 
 Log = Callable[[str], None]
 
-# Fields a resumed run may change: they decide how the run is saved and guarded, not what it computes.
-RESUME_OVERRIDES = ("save_every", "skip_nonfinite")
+# Time-budget planning: an evaluated image costs this share of a trained one (forward only,
+# measured about a third; TTA doubles it), and each epoch's files (train state, weights, curves)
+# about this many seconds on a 2-core CPU. The plan keeps this share of the time in reserve.
+EVAL_COST = 0.5
+FILE_SECONDS = 3.0
+BUDGET_RESERVE = 0.05
 
 
 @dataclass
@@ -65,21 +73,32 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def _console_progress() -> bool:
-    return sys.stderr.isatty()
+def process_age() -> float:
+    """Seconds since this process started (Linux); 0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
-def fit(config: TrainConfig, log: Log = print) -> TrainResult:
-    """Train ``config.model`` on Fashion-MNIST as ``config`` says; write the run folder; return the results.
+def fit(config: TrainConfig, log: Log = print, *, started: float | None = None) -> TrainResult:
+    """Train as ``config`` says (unset fields decided as in ``resolve.py``); write the run folder; return the results.
 
-    Raises :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
+    ``started`` (a ``time.monotonic()`` value) is when the run's time budget began: the command
+    line passes the process's start, the library's default is now. Raises
+    :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
     :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
     """
     validate(config)
-    return _Run(config, log).train()
+    return _Run(config, log, started=started).train()
 
 
-def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **overrides: Any) -> TrainResult:
+def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *, started: float | None = None,
+           **overrides: Any) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``train_state.pt``, with the run's own config.
 
     Only the fields in :data:`RESUME_OVERRIDES` may be changed. A run killed before its first
@@ -103,9 +122,10 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **
     state_path = run_dir / STATE_FILE
     state = load_train_state(state_path) if state_path.exists() else None
     if state is not None:
-        saved = {k: v for k, v in state["config"].items() if k not in RESUME_OVERRIDES}
-        current = {k: v for k, v in config.to_dict().items() if k not in RESUME_OVERRIDES}
-        differ = sorted(k for k in current if saved.get(k) != current[k])
+        saved, current = state["config"], config.to_dict()
+        # A state saved before the time budget's figure was fixed has none; config.json's holds.
+        differ = sorted(k for k in current if k not in RESUME_OVERRIDES and saved.get(k) != current[k]
+                        and not (k == "max_steps" and saved.get(k) is None))
         if differ:
             raise ResnetlabError(
                 f"{config_path} differs from the config {state_path} was saved with (field {differ[0]!r}); "
@@ -115,166 +135,186 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, **
         if overrides:
             write_text(config_path, config.to_json())
         remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
-    return _Run(config, log, run_dir=run_dir, state=state).train()
+    return _Run(config, log, run_dir=run_dir, state=state, started=started).train()
 
 
 class _Run:
     """One run from set-up to results: builds everything, runs the epochs, saves, finishes."""
 
-    def __init__(self, config: TrainConfig, log: Log, run_dir: Path | None = None, state: dict | None = None) -> None:
-        self.started = time.perf_counter()
-        self.config = config
-        self.device = device = resolve_device(config.device)
-        self.dist = init_distributed(device.type, config.dist_timeout)
-        if device.type == "cuda" and self.dist.enabled:
-            self.device = device = torch.device("cuda", self.dist.local_rank)
-        self.log = log = log if self.dist.is_main else silent  # one voice: rank 0 prints, plots and writes
-        if self.dist.enabled and config.batch_size % self.dist.world_size:
-            raise ResnetlabError(
-                f"--batch-size {config.batch_size} (the global batch) must be divisible by the {self.dist.world_size} "
-                "processes; choose a multiple"
-            )
-        self.precision = precision = resolve_precision(config.precision, device)
-        configure_backends(device, config.deterministic)
-        self.stop = StopSignals(log)
+    def __init__(self, config: TrainConfig, log: Log, run_dir: Path | None = None, state: dict | None = None,
+                 started: float | None = None) -> None:
+        self.started = time.monotonic() if started is None else started
+        self.state = state
+        device = resolve_device(config.device or BASE_DEFAULTS["device"])
+        self.dist = Dist.join(device.type, config.dist_timeout or BASE_DEFAULTS["dist_timeout"])
+        self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" and self.dist.enabled else device
+        self.log = log if self.dist.is_main else silent  # one voice: rank 0 prints, plots and writes
+        self.stop = StopSignals(self.log)
+        train, val, test = self._set_up_data(config)
+        model = self._set_up_model(train)
+        self.folder = RunFolder(run_dir, self.dist.is_main) if run_dir else self._create_folder()
+        self._set_up_loaders(train, val, test)
+        self._set_up_training(model)
+        self._set_up_progress()
+        self._describe(len(train), len(val) if val is not None else 0, len(test) if test is not None else 0)
 
+    # --- set-up -----------------------------------------------------------------------------
+
+    def _set_up_data(self, config: TrainConfig) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
+        """Decide the preset, read the data, decide what follows from it; check the batch and a resumed run's data."""
+        config, note = apply_preset(config, self.device)
+        self.precision = resolve_precision(config.precision or BASE_DEFAULTS["precision"], self.device)
+        if note and self.state is None:
+            self.log(note)
+        config = config.replace(**{k: BASE_DEFAULTS[k] for k in ("seed", "val_split", "val_fraction", "strict")
+                                   if getattr(config, k) is None})
         train, val, test = load_data(config, warn=warn_stderr if self.dist.is_main else silent)
-        self.config = config = resolve_from_data(config, train)
+        config, recipe = apply_data(config, train, self.device)
+        if recipe and self.state is None:
+            self.log(recipe)
+        self.config = validate(config)
+        if self.dist.enabled and config.batch_size % self.dist.world_size:
+            raise ResnetlabError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
+                                 f"{self.dist.world_size} processes; choose a multiple")
         if len(train) < config.batch_size:
-            raise ResnetlabError(
-                f"--batch-size {config.batch_size} is larger than the {len(train)} training images; lower it"
-            )
+            raise ResnetlabError(f"--batch-size {config.batch_size} is larger than the {len(train)} training images; lower it")
         self.fingerprint = data_fingerprint(train, val, test)
-        if state is not None and state.get("data") != self.fingerprint:
+        if self.state is not None and self.state.get("data") != self.fingerprint:
             raise ResnetlabError(
-                f"{run_dir}: the data differ from those the run was trained on (--data {config.data or 'default'}); "
+                f"the data differ from those the run was trained on (--data {config.data or 'default'}); "
                 "point --data at the original files in config.json, or start a new run"
             )
+        configure_backends(self.device, config.deterministic)
+        return train, val, test
+
+    def _set_up_model(self, train: ImageSet) -> nn.Module:
+        """The model for the data's channels and classes, on the device, in the run's dtype and memory format."""
+        config = self.config
         seed_everything(config.seed)
-        in_channels, num_classes = train.images.shape[1], len(train.class_names)
-        model = build_model(config, in_channels, num_classes, log=log if state is None else None).to(device, precision.dtype)
-        if run_dir is None:
-            # Only now, with data and model in hand, does the run get a folder: a bad flag leaves nothing behind.
-            if self.dist.is_main:
-                run_dir = prepare_run_dir(config.out, config.model)
-                write_text(run_dir / "config.json", config.to_json())
-            run_dir = Path(broadcast_text(str(run_dir) if run_dir is not None else None, self.dist))
-        self.run_dir = run_dir
+        model = build_model(config, train.images.shape[1], len(train.class_names),
+                            log=self.log if self.state is None else None)
+        model = model.to(self.device, self.precision.dtype)
         if config.sync_bn and self.dist.enabled:
-            model = convert_sync_batchnorm(model, device.type)
-        if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        step_model = wrap_ddp(model, device) if self.dist.enabled else model
-        mean, std = channel_stats(train.images) if config.normalize else (None, None)
+            model = convert_sync_batchnorm(model, self.device.type)
+        return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
-        def loader(data: ImageSet, training: bool) -> DeviceLoader:
-            return DeviceLoader(
-                data, config.batch_size, device=device, image_size=config.image_size, mean=mean, std=std,
-                shuffle=training, drop_last=training, seed=config.seed, channels_last=config.channels_last,
-                augment=Augment(config.crop_padding, config.flip, config.erase_prob) if training else Augment(),
-                rank=self.dist.rank, world_size=self.dist.world_size, dtype=precision.dtype,
-            )
+    def _create_folder(self) -> RunFolder:
+        """Only now, with data and model in hand, does a new run get a folder: a bad flag leaves nothing behind."""
+        folder = RunFolder.create(self.config.out, self.config.model, self.dist)
+        folder.write_text("config.json", self.config.to_json())
+        return folder
 
-        self.train_loader = loader(train, True)
-        self.recalibration_loader = self._recalibration_loader(train, loader) if config.recalibrate_bn else None
-        self.val_loader = loader(val, False) if val is not None else None
-        self.test_loader = loader(test, False) if test is not None else None
+    def _set_up_loaders(self, train: ImageSet, val: ImageSet | None, test: ImageSet | None) -> None:
+        config = self.config
+        self.mean, self.std = channel_stats(train.images) if config.normalize else (None, None)
+        self.train_loader = self._loader(train, training=True)
+        self.val_loader = self._loader(val) if val is not None else None
+        self.test_loader = self._loader(test) if test is not None else None
+        self.recalibration_loader = None
+        if config.recalibrate_bn and not config.freeze_backbone:  # a frozen backbone keeps the statistics it came with
+            count = min(config.recalibrate_bn, len(train))
+            if count >= config.batch_size:
+                count -= count % config.batch_size  # whole batches: each counts equally in the average
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(mix_seed(config.seed, 7919)))
+            self.recalibration_loader = self._loader(train.subset(order[:count]))
+        self.in_channels, self.class_names = int(train.images.shape[1]), list(train.class_names)
+        self.stored_size = int(train.images.shape[-1])
+
+    def _loader(self, data: ImageSet, training: bool = False) -> DeviceLoader:
+        config = self.config
+        return DeviceLoader(
+            data, config.batch_size, device=self.device, image_size=config.image_size, mean=self.mean, std=self.std,
+            shuffle=training, drop_last=training, seed=config.seed, channels_last=config.channels_last,
+            augment=Augment(config.crop_padding, config.flip, config.erase_prob) if training else Augment(),
+            rank=self.dist.rank, world_size=self.dist.world_size, dtype=self.precision.dtype,
+        )
+
+    def _set_up_training(self, model: nn.Module) -> None:
+        config = self.config
+        step_model = wrap_ddp(model, self.device) if self.dist.enabled else model
         optimizer = make_optimizer(config, model)
+        self.steps_per_epoch = len(self.train_loader)
         self.training = Training(
-            config=config,
-            model=model,
-            step_model=torch.compile(step_model) if config.compile else step_model,
-            optimizer=optimizer,
-            scheduler=make_scheduler(config, optimizer, len(self.train_loader)),
+            config=config, model=model, step_model=torch.compile(step_model) if config.compile else step_model,
+            optimizer=optimizer, scheduler=make_scheduler(lambda: self.config, optimizer, self.steps_per_epoch),
             criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
-            ema=Ema(model, config.ema_decay) if config.ema_decay else None,
-            device=device,
-            precision=precision,
-            distributed=self.dist.enabled,
+            ema=Ema(model, config.ema_decay) if config.ema_decay else None, device=self.device,
+            precision=self.precision, distributed=self.dist.enabled,
         )
-        self.check_every = check_interval(device)
-        self.metadata = {
-            "model": config.model,
-            "model_args": model.model_args,
-            "in_channels": in_channels,
-            "num_classes": num_classes,
-            "class_names": list(train.class_names),
-            "input_size": [in_channels, config.image_size, config.image_size],
-            # The side the images had before the loader's resize: new images are first brought to it
-            # the way the data were (Pillow, bilinear), so prediction sees what training saw.
-            "stored_size": int(train.images.shape[-1]),
-            "normalization": {"mean": mean, "std": std} if mean is not None else None,
-            "preset": config.preset or "",
-            "precision": precision.name,  # what the run computed in (auto resolved)
-            "versions": versions(),
-            "config": config.to_dict(),
-        }
-        self.best_weights: dict[str, torch.Tensor] | None = None
-        self.progress = Progress()
-        if state is not None:
-            self.progress = restore_train_state(state, self.training)
-            self.best_weights = state["best_model"]
+        self.check_every = check_interval(self.device)
+
+    def _set_up_progress(self) -> None:
+        self.progress, self.best_weights = Progress(), None
+        if self.state is not None:
+            self.progress = restore_train_state(self.state, self.training)
+            self.best_weights = self.state["best_model"]
             if not self.dist.is_main:  # the saved sums are the whole job's: rank 0 carries them on
-                self.progress.loss_sum.zero_()
-                self.progress.correct.zero_()
-                self.progress.seen.zero_()
+                for name in ("loss_sum", "correct", "seen"):
+                    getattr(self.progress, name).zero_()
         self.elapsed_before = self.progress.elapsed_seconds
-        sizes = (len(train), len(val) if val is not None else 0, len(test) if test is not None else 0)
+        # (global step, time) where the time budget's speed measurement began: this process's first step
+        # until the one-time costs of the first three are behind.
+        self.budget_clock = (self.progress.global_step, time.monotonic())
+
+    def _describe(self, n_train: int, n_val: int, n_test: int) -> None:
+        config, p = self.config, self.progress
+        resumed = self.state is not None
         self.log(
-            f"{'resuming' if state is not None else 'training'} {config.model} on {sizes[0]:,} images "
-            f"({len(self.train_loader)} steps/epoch), validating on {sizes[1]:,}, testing on {sizes[2]:,}; "
-            f"device {device}{f' x {self.dist.world_size} processes' if self.dist.enabled else ''}, "
-            f"{precision.name}; run folder {run_dir}"
-            + (f"; continuing epoch {self.progress.epoch + 1} after step {self.progress.step}/{len(self.train_loader)}"
-               if state is not None else "")
+            f"{'resuming' if resumed else 'training'} {config.model} on {n_train:,} images ({self.steps_per_epoch} steps/epoch), "
+            f"validating on {n_val:,}, testing on {n_test:,}; device {self.device}"
+            f"{f' x {self.dist.world_size} processes' if self.dist.enabled else ''}, {self.precision.name}; "
+            f"run folder {self.folder.path}"
+            + (f"; continuing epoch {p.epoch + 1} after step {p.step}/{self.steps_per_epoch}" if resumed else "")
         )
-        if state is not None and self.progress.history:
+        if resumed and p.history:
             # A kill may have landed between saving the state and writing these; write them again.
-            self._write_epoch_files(best_changed=True, last=self.progress.step == 0)
+            self._write_epoch_files(best_changed=True, last=p.step == 0)
 
     # --- the loop -------------------------------------------------------------------------
 
+    @property
+    def total_steps(self) -> int:
+        """The steps this run takes (a time budget's figure once fixed, else all epochs')."""
+        return total_steps(self.config, self.steps_per_epoch)
+
+    @property
+    def planned_epochs(self) -> int:
+        return math.ceil(self.total_steps / self.steps_per_epoch)
+
     def train(self) -> TrainResult:
-        """Run the remaining epochs, then the final test; return the results."""
+        """Run the remaining steps, then the final test; return the results."""
         try:
             with self.stop:
-                while self.progress.epoch < self.config.epochs:
+                while self.progress.global_step < self.total_steps:
                     self._train_epoch()
                     self._end_epoch()
-                    if self._any_rank(self.stop.requested):
+                    if self.dist.any(self.stop.requested, self.device):
                         self._stopped()
             result = self._finish()
-            if self.dist.enabled:
-                torch.distributed.barrier()  # leave together: a rank tearing down early can abort its peer
+            self.dist.barrier()  # leave together: a rank tearing down early can abort its peer
             return result
         except RuntimeError as exc:
             if not (self.dist.enabled and is_comm_failure(exc)):
                 raise
-            first = first_line(exc)[:200]
             raise LostContactError(
-                f"rank {self.dist.rank} lost contact with the other processes ({first}); the last saved state is "
-                f"{self.run_dir / STATE_FILE}; continue with: torchrun ... -m resnetlab train --resume {self.run_dir}"
+                f"rank {self.dist.rank} lost contact with the other processes ({first_line(exc)[:200]}); the last saved "
+                f"state is {self.folder / STATE_FILE}; continue with: torchrun ... -m resnetlab train --resume {self.folder.path}"
             ) from None
         finally:
             shutdown()
 
-    def _any_rank(self, flag: bool) -> bool:
-        """``flag`` or'ed over all ranks (so all take the same branch)."""
-        if not self.dist.enabled:
-            return flag
-        return all_max(torch.tensor([float(flag)], device=self.device)).item() > 0
-
     def _train_epoch(self) -> None:
-        """Run the epoch's remaining steps, saving every ``save_every`` steps and on a stop request."""
+        """Run the epoch's remaining steps (up to the run's last), saving every ``save_every`` steps and on a stop request."""
         p, training, loader = self.progress, self.training, self.train_loader
         if p.step == 0:
             p.start_epoch(self.device)
         set_train_mode(training.model, self.config.freeze_backbone)
+        last_step = min(self.steps_per_epoch, self.total_steps - (p.global_step - p.step))
         bar = None
-        if _console_progress() and self.dist.is_main:
+        if sys.stderr.isatty() and self.dist.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=len(loader), initial=p.step, desc=f"epoch {p.epoch + 1}/{self.config.epochs}",
+            bar = tqdm(total=last_step, initial=p.step, desc=f"epoch {p.epoch + 1}/{self.planned_epochs}",
                        unit="step", leave=False)
         start, before = time.perf_counter(), p.epoch_seconds
         for x, y in loader.batches(p.epoch, p.step):
@@ -287,30 +327,83 @@ class _Run:
             p.global_step += 1
             if bar is not None:
                 bar.update(1)
+            self._time_budget()
+            last_step = min(self.steps_per_epoch, self.total_steps - (p.global_step - p.step))
             saving = bool(self.config.save_every) and p.global_step % self.config.save_every == 0
             local_stop = self.stop.requested and not self.dist.enabled  # under torchrun ranks agree at checks
-            if not (p.step == len(loader) or saving or local_stop or p.global_step % self.check_every == 0):
+            if not (p.step >= last_step or saving or local_stop or p.global_step % self.check_every == 0):
                 continue
             p.epoch_seconds = before + time.perf_counter() - start
             reading = training.guard.read()  # the only wait for the device between checks
             p.skipped += reading.skipped
             if reading.halted:
                 self._non_finite(reading.first_bad)
-            if bar is not None and p.step % 10 == 0:
-                seen = int(p.seen)
-                if seen:
-                    bar.set_postfix(loss=f"{float(p.loss_sum) / seen:.3f}", acc=f"{int(p.correct) / seen:.3f}")
-            if p.step < len(loader):  # the epoch's end saves anyway, after evaluation
-                if reading.stop if self.dist.enabled else self.stop.requested:
-                    self._save_state()
-                    self._stopped()
-                if saving:
-                    self._save_state()
+            if bar is not None and p.step % 10 == 0 and int(p.seen):
+                bar.set_postfix(loss=f"{float(p.loss_sum) / int(p.seen):.3f}", acc=f"{int(p.correct) / int(p.seen):.3f}")
+            if p.step >= last_step:
+                break  # the epoch's end saves anyway, after evaluation
+            if reading.stop if self.dist.enabled else self.stop.requested:
+                self._save_state()
+                self._stopped()
+            if saving:
+                self._save_state()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         p.epoch_seconds = before + time.perf_counter() - start
         if bar is not None:
             bar.close()
+
+    def _time_budget(self) -> None:
+        """With a time budget: measure the speed over the first steps, then fix the number of steps (once)."""
+        config, p = self.config, self.progress
+        if not config.time_budget or config.max_steps:
+            return
+        commit_at = measure_steps(config, self.steps_per_epoch)
+        if p.global_step < commit_at:
+            if p.global_step <= 3:
+                # The first steps carry one-time costs (kernel selection, allocations): the clock starts after them.
+                self._sync()
+                self.budget_clock = (p.global_step, time.monotonic())
+            return
+        if p.global_step > commit_at:
+            return  # the figure is fixed at that one step (a state saved after it holds it, so this is not reached)
+        self._sync()
+        first_step, first_time = self.budget_clock
+        step_seconds = (time.monotonic() - first_time) / max(1, p.global_step - first_step)
+        steps = self._affordable_steps(step_seconds)
+        steps = int(self.dist.sum_(torch.tensor([steps if self.dist.is_main else 0], device=self.device)).item())
+        self.config = config = config.replace(max_steps=steps)  # the scheduler reads the run's config from here on
+        self.training.rewind(p.global_step)  # the next step's lr, already set, follows the steps bought
+        self.folder.write_text("config.json", config.to_json())
+        rate = config.batch_size / step_seconds
+        self.log(f"{config.time_budget:g} min budget: {steps / self.steps_per_epoch:.1f} epochs ({steps:,} steps) "
+                 f"at {rate:,.0f} img/s" + ("" if steps < config.epochs * self.steps_per_epoch else
+                                             f", all {config.epochs} epochs fit"))
+
+    def _affordable_steps(self, step_seconds: float) -> int:
+        """The most steps (at least those done, at most all epochs') whose run ends within the time budget."""
+        config, p = self.config, self.progress
+        left = config.time_budget * 60 - self._elapsed()
+        left -= BUDGET_RESERVE * config.time_budget * 60
+        image_seconds = step_seconds / config.batch_size * EVAL_COST * (2 if config.tta else 1)
+        per_epoch_images = sum(loader.num_examples for loader in (self.val_loader, self.recalibration_loader) if loader)
+        if config.test_each_epoch and self.test_loader:
+            per_epoch_images += self.test_loader.num_examples
+        epoch_end = per_epoch_images * image_seconds + FILE_SECONDS
+        final = (self.test_loader.num_examples if self.test_loader else 0) * image_seconds + FILE_SECONDS
+        ceiling = config.epochs * self.steps_per_epoch
+        steps = p.global_step
+        while steps < ceiling:
+            more = steps + 1
+            ends = math.ceil(more / self.steps_per_epoch)
+            if (more - p.global_step) * step_seconds + ends * epoch_end + final > left:
+                break
+            steps = more
+        return max(steps, p.global_step)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
 
     def _non_finite(self, first_bad: int) -> None:
         """Global step ``first_bad`` gave a NaN/inf loss or gradient: save the state from before it, stop (exit 3).
@@ -325,9 +418,9 @@ class _Run:
         self._save_state()
         raise NonFiniteLossError(
             f"the loss or gradients became NaN/inf at epoch {p.epoch + 1} step {p.step + 1} (global step "
-            f"{p.global_step + 1}); the state before that step is saved in {self.run_dir / STATE_FILE}; "
+            f"{p.global_step + 1}); the state before that step is saved in {self.folder / STATE_FILE}; "
             f"lower --lr or set --grad-clip in a new run, or skip such batches with: "
-            f"resnetlab train --resume {self.run_dir} --skip-nonfinite"
+            f"resnetlab train --resume {self.folder.path} --skip-nonfinite"
         )
 
     def _end_epoch(self) -> None:
@@ -339,8 +432,8 @@ class _Run:
         train_acc = int(p.correct) / seen if seen else float("nan")
         net = self.training.eval_model
         self._recalibrate(net)
-        val_acc = self._accuracy(net, self.val_loader) if self.val_loader else None
-        test_acc = self._accuracy(net, self.test_loader) if config.test_each_epoch and self.test_loader else None
+        val_acc = self._evaluate(net, self.val_loader)["acc"] if self.val_loader else None
+        test_acc = self._evaluate(net, self.test_loader)["acc"] if config.test_each_epoch and self.test_loader else None
         row = {
             "epoch": p.epoch + 1,
             "lr": self.training.optimizer.param_groups[0]["lr"],
@@ -366,41 +459,26 @@ class _Run:
         self._write_epoch_files(best_changed, last=True)
         skipped = f"  skipped {p.skipped} non-finite batch(es)" if p.skipped else ""
         self.log(
-            f"epoch {row['epoch']}/{config.epochs}  lr {row['lr']:.4g}  loss {train_loss:.3f}  "
+            f"epoch {row['epoch']}/{self.planned_epochs}  lr {row['lr']:.4g}  loss {train_loss:.3f}  "
             f"train acc {train_acc:.3f}"
             + (f"  val acc {val_acc:.3f}" if val_acc is not None else "")
             + (f"  test acc {test_acc:.3f}" if test_acc is not None else "")
             + f"  {row['examples_per_sec']:.0f} img/s  {row['seconds']:.1f} s{skipped}"
         )
 
-    def _recalibration_loader(self, train: ImageSet, loader: Callable[[ImageSet, bool], DeviceLoader]) -> DeviceLoader | None:
-        """Unaugmented batches of ``recalibrate_bn`` training images in a seeded order (None: no batch norm to set)."""
-        config = self.config
-        if config.freeze_backbone:
-            return None  # a frozen backbone keeps the statistics it came with
-        count = min(config.recalibrate_bn, len(train))
-        if count >= config.batch_size:
-            count -= count % config.batch_size  # whole batches: each counts equally in the average
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(mix_seed(config.seed, 7919)))
-        return loader(train.subset(order[:count]), False)
-
     def _recalibrate(self, net: nn.Module) -> None:
         """Recompute ``net``'s batch-norm statistics from training images (see ``recalibrate.py``)."""
-        if self.recalibration_loader is None:
-            return
-        recalibrate_batchnorm(net, (x for x, _ in self.recalibration_loader.batches()), device=self.device,
-                              precision=self.precision, average_over_ranks=self.dist.enabled and not self.config.sync_bn)
-
-    def _accuracy(self, net: nn.Module, loader: DeviceLoader) -> float:
-        return self._evaluate(net, loader)["acc"]
+        if self.recalibration_loader is not None:
+            recalibrate_batchnorm(net, (x for x, _ in self.recalibration_loader.batches()), device=self.device,
+                                  precision=self.precision, average_over_ranks=self.dist.enabled and not self.config.sync_bn)
 
     def _evaluate(self, net: nn.Module, loader: DeviceLoader) -> dict[str, float]:
         """Accuracy and loss over the whole split: each rank's share, summed exactly over ranks."""
         metrics = evaluate(net, loader, precision=self.precision, tta=self.config.tta)
         if not self.dist.enabled:
             return metrics
-        sums = all_sum(torch.tensor([metrics["correct"], metrics["loss_sum"], metrics["count"]],
-                                    dtype=torch.float64, device=self.device)).tolist()
+        sums = self.dist.sum_(torch.tensor([metrics["correct"], metrics["loss_sum"], metrics["count"]],
+                                           dtype=torch.float64, device=self.device)).tolist()
         correct, loss_sum, count = int(sums[0]), sums[1], int(sums[2])
         return {"acc": correct / max(count, 1), "loss": loss_sum / max(count, 1), "correct": correct,
                 "loss_sum": loss_sum, "count": count}
@@ -410,55 +488,63 @@ class _Run:
         if not self.dist.enabled:
             return
         p = self.progress
-        sums = all_sum(torch.stack([p.loss_sum.double(), p.correct.double(), p.seen.double()]))
-        if self.dist.is_main:
-            p.loss_sum.copy_(sums[0])
-            p.correct.copy_(sums[1])
-            p.seen.copy_(sums[2])
-        else:
-            p.loss_sum.zero_()
-            p.correct.zero_()
-            p.seen.zero_()
+        sums = self.dist.sum_(torch.stack([p.loss_sum.double(), p.correct.double(), p.seen.double()]))
+        for value, name in zip(sums, ("loss_sum", "correct", "seen")):
+            getattr(p, name).copy_(value if self.dist.is_main else torch.zeros_like(value))
 
-    def _epoch_metadata(self, epoch: int) -> dict[str, Any]:
-        row = self.progress.history[epoch - 1]
-        return {**self.metadata, "epoch": epoch, "metrics": {k: v for k, v in row.items() if v is not None}}
+    def _metadata(self, epoch: int) -> dict[str, Any]:
+        """The weights header: everything needed to use the weights without the run (see checkpoint.py)."""
+        config, row = self.config, self.progress.history[epoch - 1]
+        return {
+            "model": config.model,
+            "model_args": unwrap(self.training.model).model_args,
+            "in_channels": self.in_channels,
+            "num_classes": len(self.class_names),
+            "class_names": self.class_names,
+            "input_size": [self.in_channels, config.image_size, config.image_size],
+            # The side the images had before the loader's resize: new images are first brought to it
+            # the way the data were (Pillow, bilinear), so prediction sees what training saw.
+            "stored_size": self.stored_size,
+            "normalization": {"mean": self.mean, "std": self.std} if self.mean is not None else None,
+            "preset": config.preset or "",
+            "precision": self.precision.name,  # what the run computed in (auto resolved)
+            "versions": versions(),
+            "config": config.to_dict(),
+            "epoch": epoch,
+            "metrics": {k: v for k, v in row.items() if v is not None},
+        }
 
     def _write_epoch_files(self, best_changed: bool, last: bool) -> None:
         """best/last.safetensors, metrics.csv and curves.png for the epochs so far (rank 0 only)."""
         p = self.progress
-        if not self.dist.is_main:
-            return
         if best_changed and self.best_weights is not None:
-            save_state_dict(self.run_dir / "best.safetensors", self.best_weights, self._epoch_metadata(p.best_epoch))
+            self.folder.write_weights("best.safetensors", self.best_weights, self._metadata(p.best_epoch))
         if last:
-            save_weights(self.run_dir / "last.safetensors", self.training.eval_model, self._epoch_metadata(p.epoch))
-        write_csv(self.run_dir / "metrics.csv", p.history)
-        plot_curves(self.run_dir / "curves.png", p.history, title=f"{self.config.model} ({self.config.preset or 'custom'})")
+            self.folder.write_weights("last.safetensors", unwrap(self.training.eval_model).state_dict(),
+                                      self._metadata(p.epoch))
+        self.folder.write_metrics(p.history, title=f"{self.config.model} ({self.config.preset or 'custom'})")
 
     def _elapsed(self) -> float:
         """Wall time of the whole run: earlier processes (up to their last save) plus this one."""
-        return self.elapsed_before + time.perf_counter() - self.started
+        return self.elapsed_before + time.monotonic() - self.started
 
     def _save_state(self) -> None:
         """Write train_state.pt (all ranks must call it: the running sums are gathered first)."""
         if self.progress.step > 0:  # at an epoch's start the sums are zero on every rank: nothing to gather
             self._gather_sums()
-        if not self.dist.is_main:
+        if not self.folder.writes:
             return
         self.progress.elapsed_seconds = self._elapsed()
-        save_train_state(self.run_dir / STATE_FILE, self.training, self.progress, self.best_weights,
+        save_train_state(self.folder / STATE_FILE, self.training, self.progress, self.best_weights,
                          self.config.to_dict(), data=self.fingerprint)
 
     def _stopped(self) -> None:
         """The state is saved: leave with a message that says how to continue."""
-        import signal
-
         p, signum = self.progress, self.stop.signum
-        where = f"after epoch {p.epoch}" if p.step == 0 else f"at epoch {p.epoch + 1} step {p.step}/{len(self.train_loader)}"
+        where = f"after epoch {p.epoch}" if p.step == 0 else f"at epoch {p.epoch + 1} step {p.step}/{self.steps_per_epoch}"
         raise TrainingStopped(
-            f"stopped by {signal.Signals(signum).name} {where}; the state is saved in {self.run_dir / STATE_FILE}; "
-            f"continue with: resnetlab train --resume {self.run_dir}",
+            f"stopped by {signal.Signals(signum).name} {where}; the state is saved in {self.folder / STATE_FILE}; "
+            f"continue with: resnetlab train --resume {self.folder.path}",
             signum,
         )
 
@@ -472,7 +558,7 @@ class _Run:
             test_metrics = self._evaluate(best, self.test_loader)
         last = p.history[-1]
         result = TrainResult(
-            run_dir=self.run_dir,
+            run_dir=self.folder.path,
             device=str(self.device),
             train_loss=last["train_loss"],
             train_acc=last["train_acc"],
@@ -486,8 +572,7 @@ class _Run:
             skipped_batches=p.skipped,
             history=p.history,
         )
-        if self.dist.is_main:
-            write_results(result)
+        self.folder.write_results(result)
         # The book's two closing lines (d2l.train_ch6); without a test split, the best validation accuracy instead.
         final = (f"test acc {result.test_acc:.3f}" if result.test_acc is not None
                  else f"val acc {result.best_val_acc:.3f} (no test split)")
