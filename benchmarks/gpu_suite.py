@@ -152,7 +152,7 @@ def flops_part(args, peak: float) -> None:
 
     from resnetlab.engine.initialize import build_model
     from resnetlab.engine.optim import make_optimizer, make_scheduler
-    from resnetlab.engine.runtime import resolve_precision
+    from resnetlab.runtime import resolve_precision
     from resnetlab.engine.steps import Training
     from resnetlab.summarize import summary
 

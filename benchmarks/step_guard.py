@@ -26,7 +26,7 @@ from machine import describe  # noqa: E402
 from resnetlab.engine import from_preset  # noqa: E402
 from resnetlab.engine.initialize import build_model  # noqa: E402
 from resnetlab.engine.optim import make_optimizer, make_scheduler  # noqa: E402
-from resnetlab.engine.runtime import resolve_precision  # noqa: E402
+from resnetlab.runtime import resolve_precision  # noqa: E402
 from resnetlab.engine.steps import Training  # noqa: E402
 
 

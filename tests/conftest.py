@@ -135,3 +135,22 @@ def real_data() -> Path:
     if not (REAL_DATA / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_data, tmp_path_factory):
+    """A finished tiny run (fp32, so figures can be compared exactly), trained once for the whole test run; its folder."""
+    from resnetlab.engine import fit
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    config = plain_config(
+        model="resnet18", data=str(tiny_data), val_split=100, limit_train=500,
+        batch_size=50, epochs=2, lr=0.05, momentum=0.9, precision="fp32", out=str(out),
+    )
+    fit(config, log=lambda line: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ckpt(trained):
+    return trained / "best.safetensors"

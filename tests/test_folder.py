@@ -15,7 +15,7 @@ from conftest import SHAPES, draw_shape, one_line_error, write_shape_folder
 from resnetlab.cli import main
 from resnetlab.data.folder import is_class_folder, load_class_folder
 from resnetlab.engine import TrainConfig
-from resnetlab.engine.checkpoint import save_weights
+from resnetlab.weights import Preprocess, WeightsHeader, save_weights
 from resnetlab.engine.initialize import load_initial_weights, read_state_dict
 from resnetlab.engine.initialize import build_model
 from resnetlab.errors import ResnetlabError
@@ -117,6 +117,9 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(folder_module, "_decode", lambda *a: decoded.append(a) or real(*a))
     second = load_class_folder(root, seed=0)
     assert decoded == [] and torch.equal(first.train.images, second.train.images)  # from the cache
+    explicit = load_class_folder(root, seed=0, image_size=32, channels=3)  # as eval asks, by number: the same file
+    assert decoded == [] and torch.equal(first.train.images, explicit.train.images)
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
     path = root / "circle" / "circle000.png"
     draw_shape("square", 32, __import__("numpy").random.default_rng(5), rgb=False).save(path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
@@ -127,8 +130,8 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
 
 def _tiny_fmnist_checkpoint(path):
     model = create_model("resnet18", in_channels=1, num_classes=10, stem="small")
-    save_weights(path, model, {"model": "resnet18", "model_args": model.model_args, "class_names": [str(i) for i in range(10)],
-                               "input_size": [1, 28, 28], "normalization": None})
+    save_weights(path, model.state_dict(), WeightsHeader("resnet18", model.model_args, [str(i) for i in range(10)],
+                                                         Preprocess(channels=1, size=28)))
     return model
 
 
@@ -188,7 +191,8 @@ def test_init_refuses_a_hostile_pth(tmp_path, capsys, tiny_data):
     with pytest.raises(ResnetlabError, match="refused to load it"):
         read_state_dict(tmp_path / "evil.pth")
     one_line_error(capsys, ["train", "--data", str(tiny_data), "--init", str(tmp_path / "evil.pth"), "--epochs", "1",
-                            "--model", "resnet18", "--val-split", "100", "--out", str(tmp_path / "r")], "refused to load it")
+                            "--model", "resnet18", "--val-split", "100", "--batch-size", "50", "--out", str(tmp_path / "r")],
+                   "refused to load it")
     assert not evidence.exists()
     one_line_error(capsys, ["train", "--init", str(tmp_path / "absent.pth")], "--init", "no such file")
 

@@ -133,29 +133,17 @@ def test_unusual_files_are_read_right(tmp_path):
         assert read_image(path, 3, 8).shape == (3, 8, 8), what
 
 
-@pytest.fixture(scope="module")
-def classifier_ckpt(tmp_path_factory):
-    from conftest import plain_config, write_fashion_mnist
-    from resnetlab.engine import fit
-
-    root = tmp_path_factory.mktemp("imgclf")
-    data = write_fashion_mnist(root / "data", n_train=200, n_test=50)
-    fit(plain_config(model="resnet18", data=str(data), val_split=50, batch_size=50, epochs=1, precision="fp32",
-                    out=str(root / "run")), log=lambda line: None)
-    return root / "run" / "best.safetensors"
-
-
-def test_predict_names_each_bad_file_in_one_line_and_goes_on(classifier_ckpt, hostile, tmp_path, capsys):
+def test_predict_names_each_bad_file_in_one_line_and_goes_on(ckpt, hostile, tmp_path, capsys):
     good = tmp_path / "ok.png"
     Image.new("L", (28, 28), 90).save(good)
     bad = [hostile[k] for k in ("bomb", "large", "truncated_jpeg", "text_as_png", "ztxt_bomb")]
-    assert main(["predict", str(classifier_ckpt), str(good), *map(str, bad)]) == 1  # some files failed
+    assert main(["predict", str(ckpt), str(good), *map(str, bad)]) == 1  # some files failed
     captured = capsys.readouterr()
     errors = captured.err.strip().splitlines()
     assert len(errors) == len(bad) and all(e.startswith("resnetlab predict: error: ") for e in errors)
     assert [e.split("error: ")[1].split(":")[0] for e in errors] == list(map(str, bad))
     assert captured.out.count("\n") == 1 and captured.out.startswith(str(good))
-    clf = resnetlab.load(classifier_ckpt)
+    clf = resnetlab.load(ckpt)
     with pytest.raises(ImageError, match="bomb.png"):
         clf.predict([hostile["bomb"]])
     unusual = _unusual(tmp_path)

@@ -14,25 +14,8 @@ import resnetlab
 from conftest import one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.data import DeviceLoader, load_split
-from resnetlab.engine import TrainConfig, fit
+from resnetlab.engine import fit
 from resnetlab.evaluation import classification_report
-
-
-@pytest.fixture(scope="session")
-def trained(tiny_data, tmp_path_factory):
-    """A finished tiny run (fp32, so figures can be compared exactly); returns its folder."""
-    out = tmp_path_factory.mktemp("trained") / "run"
-    config = plain_config(
-        model="resnet18", data=str(tiny_data), val_split=100, limit_train=500,
-        batch_size=50, epochs=2, lr=0.05, momentum=0.9, precision="fp32", out=str(out),
-    )
-    fit(config, log=lambda line: None)
-    return out
-
-
-@pytest.fixture(scope="session")
-def ckpt(trained):
-    return trained / "best.safetensors"
 
 
 def png(path, array):
@@ -91,8 +74,8 @@ def test_load_and_predict_agree_with_the_training_pipeline(ckpt, tiny_data, tmp_
     clf = resnetlab.load(ckpt)
     assert not clf.model.training and clf.class_names[7] == "Sneaker" and clf.image_size == 28
     test = load_split(tiny_data, "test")
-    norm = clf.metadata["normalization"]
-    loader = DeviceLoader(test, 50, device="cpu", image_size=28, mean=norm["mean"], std=norm["std"])
+    pre = clf.preprocess
+    loader = DeviceLoader(test, 50, device="cpu", image_size=28, mean=pre.mean, std=pre.std)
     with torch.no_grad():
         expected = torch.cat([clf.model(x).softmax(1) for x, _ in loader.batches()])[:6]
     images = test.images[:6]
@@ -208,3 +191,18 @@ def test_eval_of_a_three_channel_fashion_mnist_run(tiny_data, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert main(["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e")]) == 0
     assert capsys.readouterr().out.startswith(f"test acc {results['test_acc']:.4f}")
+
+
+def test_inference_imports_nothing_from_the_training_engine(ckpt, tmp_path):
+    image = png(tmp_path / "x.png", np.full((28, 28), 90, dtype=np.uint8))
+    code = (
+        "import sys, resnetlab\n"
+        f"clf = resnetlab.load({str(ckpt)!r})\n"
+        f"clf.predict([{str(image)!r}])\n"
+        "print(sorted(m for m in sys.modules if m.startswith('resnetlab.engine')))\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -19,7 +19,7 @@ def test_shapes_and_lengths():
     data = make_set(40)
     train = DeviceLoader(data, 16, shuffle=True, drop_last=True, image_size=12)
     assert len(train) == 2
-    x, y = next(iter(train))
+    x, y = next(train.batches())
     assert x.shape == (16, 1, 12, 12) and x.dtype == torch.float32 and y.dtype == torch.int64
     evaluation = DeviceLoader(data, 16)
     assert len(evaluation) == 3 and sum(len(y) for _, y in evaluation.batches()) == 40

@@ -264,11 +264,11 @@ def test_a_hostile_pickle_is_refused_not_run(finished_run, tmp_path, capsys):
     assert not evidence.exists()
     # Weight files are safetensors: a pickle under that name is refused the same way, without running it.
     torch.save({"x": _Payload(evidence)}, tmp_path / "evil.safetensors")
-    from resnetlab.engine.checkpoint import build_from_weights
     from resnetlab.errors import ResnetlabError
+    from resnetlab.weights import build_model
 
     with pytest.raises(ResnetlabError, match="not a safetensors weight file"):
-        build_from_weights(tmp_path / "evil.safetensors")
+        build_model(tmp_path / "evil.safetensors")
     assert not evidence.exists()
 
 
@@ -303,11 +303,11 @@ def test_disk_full_during_a_state_save(tiny_data, tmp_path, capsys, monkeypatch)
 
 
 def test_disk_full_during_a_weights_save(tiny_data, tmp_path, capsys, monkeypatch):
-    import resnetlab.engine.checkpoint as checkpoint
+    import resnetlab.weights as weights
 
     run = tmp_path / "run"
     # Epoch 1 writes best then last; the second epoch's last.safetensors fails half-way.
-    monkeypatch.setattr(checkpoint, "save_file", _fail_after(checkpoint.save_file, 2, "last"))
+    monkeypatch.setattr(weights, "save_file", _fail_after(weights.save_file, 2, "last"))
     one_line_error(capsys, tiny_args(tiny_data, run), f"cannot write {run / 'last.safetensors'}", "No space left")
     assert not list(run.glob(".*")), "a temporary file was left behind"
     assert load_file(str(run / "last.safetensors"))  # the previous, whole file

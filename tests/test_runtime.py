@@ -10,9 +10,9 @@ from torch import nn
 
 from conftest import one_line_error
 from resnetlab.engine import TrainConfig
-from resnetlab.engine import runtime
+from resnetlab import runtime
 from resnetlab.engine.optim import make_optimizer, make_scheduler
-from resnetlab.engine.runtime import Precision, resolve_device, resolve_precision
+from resnetlab.runtime import Precision, resolve_device, resolve_precision
 from resnetlab.engine.steps import Ema, Training
 from resnetlab.errors import ResnetlabError
 

@@ -1,24 +1,24 @@
 """A trained model ready to use: ``clf = resnetlab.load("runs/x/best.safetensors")``.
 
-Everything the model needs is read from the weight file's header (model, class names, input
-size, normalisation), so images are prepared exactly as in training: converted to the model's
-channels, scaled to [0, 1], resized (bilinear) to the input size, standardised.
+Everything the model needs comes from the weight file's header (``weights.py``): the model,
+its class names and its :class:`~resnetlab.weights.Preprocess`, so images are prepared exactly
+as in training: converted to the model's channels, brought to the stored size with Pillow,
+scaled to [0, 1], resized (bilinear) to the input size, standardised. Nothing here imports the
+training engine.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
-from .data.loader import to_model_input
-from .engine.checkpoint import build_from_weights
 from .errors import ResnetlabError
 from .images import pil_to_tensor, read_image
+from .weights import WeightsHeader, build_model
 
 ImageLike = Union[str, os.PathLike, torch.Tensor, Any]  # a path, a tensor or a PIL image
 
@@ -35,25 +35,20 @@ class Prediction:
 class Classifier:
     """A model in eval mode with its class names and input preparation; see :func:`load`."""
 
-    def __init__(self, model: nn.Module, metadata: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: nn.Module, header: WeightsHeader, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.metadata = metadata
-        self.class_names: list[str] = list(metadata["class_names"])
-        self.channels, height, width = metadata["input_size"]
-        self.image_size: int = int(height)
-        # Images are brought to the size the training data had (Pillow, bilinear) before the
-        # model's own resize, as in training; older files without it go straight to the model's size.
-        self.stored_size: int | None = metadata.get("stored_size")
-        norm = metadata.get("normalization")
-        shape = (1, self.channels, 1, 1)
-        self.mean = torch.tensor(norm["mean"], device=self.device).view(shape) if norm else None
-        self.std = torch.tensor(norm["std"], device=self.device).view(shape) if norm else None
+        self.header = header
+        self.preprocess = header.preprocess
+        self.class_names: list[str] = list(header.class_names)
+        self.channels: int = self.preprocess.channels
+        self.image_size: int = self.preprocess.size
 
     def to_uint8(self, image: ImageLike) -> torch.Tensor:
         """One image (path, PIL image, or tensor [C, H, W]) -> uint8 tensor [C, H, W] with the model's channels."""
+        stored = self.preprocess.stored_size
         if isinstance(image, (str, os.PathLike)):
-            return read_image(image, self.channels, self.stored_size)
+            return read_image(image, self.channels, stored)
         if isinstance(image, torch.Tensor):
             if image.ndim != 3 or image.shape[0] != self.channels:
                 raise ResnetlabError(
@@ -64,17 +59,14 @@ class Classifier:
             # Float tensors are taken as pixels in [0, 1], as torchvision's ToTensor gives them.
             return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
         if hasattr(image, "convert"):  # a PIL image
-            return pil_to_tensor(image, self.channels, self.stored_size)
+            return pil_to_tensor(image, self.channels, stored)
         raise ResnetlabError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or a tensor")
 
     def prepare(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
         """Images -> the model's float input [N, C, size, size] on its device."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
-        batch = [
-            to_model_input(self.to_uint8(image).unsqueeze(0).to(self.device), self.image_size, self.mean, self.std)
-            for image in images
-        ]
+        batch = [self.preprocess(self.to_uint8(image).unsqueeze(0).to(self.device)) for image in images]
         if not batch:
             return torch.empty(0, self.channels, self.image_size, self.image_size, device=self.device)
         return torch.cat(batch)
@@ -86,6 +78,31 @@ class Classifier:
         x = self.prepare(images)
         out = [self.model(x[i : i + batch_size]).float().softmax(1).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def class_index(self, target: str | int) -> int:
+        """The index of a class given by name or index; a one-line error names the choices."""
+        if isinstance(target, str):
+            if target not in self.class_names:
+                raise ResnetlabError(f"--class {target!r} is not a class of this model; its classes are "
+                                     f"{', '.join(self.class_names)}")
+            return self.class_names.index(target)
+        if not 0 <= int(target) < len(self.class_names):
+            raise ResnetlabError(f"class index {target} is out of range: this model has {len(self.class_names)} classes")
+        return int(target)
+
+    def explain(self, images: Sequence[ImageLike] | torch.Tensor, target: str | int | None = None, *,
+                stage: str | None = None) -> torch.Tensor:
+        """Grad-CAM heatmaps [N, H, W] in [0, 1] at the model's input size: where the evidence for ``target`` lay.
+
+        ``target`` is a class name or index (None: each image's top class); ``stage`` a stage name
+        (None: the last; see ``model.stages()``). See :func:`resnetlab.explain.grad_cam`.
+        """
+        from .explain import grad_cam
+
+        x = self.prepare(images)
+        chosen = None if target is None else torch.full((len(x),), self.class_index(target), dtype=torch.long)
+        heatmaps, _ = grad_cam(self.model, x, chosen, stage)
+        return heatmaps
 
     def predict(self, images: Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[Prediction]:
         """The top-``top_k`` classes of each image, most likely first."""
@@ -101,5 +118,5 @@ class Classifier:
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Classifier:
     """Load a resnetlab ``.safetensors`` weight file as a :class:`Classifier` (model in eval mode)."""
-    model, metadata = build_from_weights(Path(path))
-    return Classifier(model, metadata, device)
+    model, header = build_model(path)
+    return Classifier(model, header, device)

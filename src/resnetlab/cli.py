@@ -102,7 +102,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_checkpoint
 
     evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta, device=args.device,
-                        precision=args.precision)
+                        precision=args.precision, explain=args.explain)
     return 0
 
 
@@ -115,7 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise ResnetlabError(f"--top-k {args.top_k} must be at least 1")
-    from .engine.runtime import resolve_device
+    from .runtime import resolve_device
 
     clf = load(args.checkpoint, device=resolve_device(args.device))
     files = find_images(args.inputs)
@@ -154,18 +154,31 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_maps(args: argparse.Namespace) -> int:
+    from .explain import save_maps
+
+    size = parse_input_size(args.input_size) if args.input_size else None
+    save_maps(args.source, args.image, args.out, input_size=size)
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import explain_files
+
+    if args.top_k < 1:
+        raise ResnetlabError(f"--top-k {args.top_k} must be at least 1")
+    explain_files(args.checkpoint, args.images, args.out, target=args.target, stage=args.stage, top_k=args.top_k)
+    return 0
+
+
 def _cmd_show_data(args: argparse.Namespace) -> int:
-    from .data import load_split, resolve_data_dir
-    from .data.folder import is_class_folder, load_class_folder
+    from .data import open_dataset
     from .pictures import save_image_grid
 
     if args.n < 1:
         raise ResnetlabError(f"--n {args.n} must be at least 1")
-    if is_class_folder(args.data):
-        found = load_class_folder(args.data, warn=lambda message: print(message, file=sys.stderr))
-        data = found.train if args.split == "train" else found.test if found.test is not None else found.val
-    else:
-        data = load_split(resolve_data_dir(args.data), args.split)
+    splits = open_dataset(args.data, val_split=0, warn=lambda message: print(message, file=sys.stderr))
+    data = splits.train if args.split == "train" else splits.held_out[0]
     n = min(args.n, len(data))
     save_image_grid(args.out, data.images[:n], [data.class_names[int(k)] for k in data.labels[:n]])
     print(f"wrote {args.out}: the first {n} {args.split} images with their labels")
@@ -193,7 +206,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser with one sub-command per task."""
-    from .engine.runtime import DEVICES, PRECISIONS
+    from .runtime import DEVICES, PRECISIONS
 
     parser = _Parser(prog="resnetlab", description="Residual networks on PyTorch: build, inspect, train, evaluate, predict, export.")
     parser.add_argument("--version", action="version", version=f"resnetlab {__version__}")
@@ -221,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="DIR", help="data folder (default: the one the checkpoint was trained on)")
     p.add_argument("--out", metavar="DIR", help="folder for report.json, confusion.png, mistakes.png (default: eval-<name> beside CKPT)")
     p.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
+    p.add_argument("--explain", action="store_true", help="draw Grad-CAM heatmaps of the predicted class over mistakes.png")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="fp32, bf16, fp16, fp64, or auto (as in training); default: the run's own where this device "
@@ -242,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's, 18 or later)")
     p.add_argument("--data", metavar="DIR", help="data folder whose test images check the export")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("maps", help="picture each stage's strongest feature maps for one image (the seed's shapes as titles)")
+    p.add_argument("source", metavar="CKPT_OR_MODEL", help="a .safetensors file written by training, or a model name (random weights)")
+    p.add_argument("image", metavar="IMAGE", nargs="?", help="the image (default for a model name: random pixels, as the seed's torch.rand)")
+    p.add_argument("--input-size", metavar="N,C,H,W", help="a model name's input (default: its natural size), e.g. 1,1,256,256")
+    p.add_argument("--out", metavar="FILE.png", default="maps.png", help="output file (default: maps.png)")
+    p.set_defaults(func=_cmd_maps)
+
+    p = sub.add_parser("explain", help="Grad-CAM: where in each image the evidence for a class lay")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders searched for images")
+    p.add_argument("--class", dest="target", metavar="NAME", help="the class to explain (default: each image's top class)")
+    p.add_argument("--stage", metavar="NAME", help="the stage whose activations are used (default: the last: b5 or layer4)")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed under each picture (default: 3)")
+    p.add_argument("--out", metavar="DIR", default="explain", help="folder for one PNG per image and sheet.png (default: explain)")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("show-data", help="draw a labelled grid of data images (the book's show_images)")
     p.add_argument("--n", type=int, default=32, help="how many images (default: 32)")

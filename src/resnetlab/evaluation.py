@@ -10,54 +10,46 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .data import DeviceLoader, ImageSet, load_split, resolve_data_dir
-from .data.folder import is_class_folder, load_class_folder
-from .engine.checkpoint import build_from_weights
-from .engine.runtime import resolve_device, resolve_precision
-from .engine.steps import class_scores
+from .data import DeviceLoader, ImageSet, open_dataset
+from .runtime import resolve_device, resolve_precision
+from .scoring import class_scores
 from .errors import ResnetlabError
 from .fileio import write_text
+from .log import Log
 from .pictures import save_confusion, save_image_grid
+from .weights import WeightsHeader, build_model
 
-Log = Callable[[str], None]
 
 
-def data_folder(data: str | None, metadata: dict[str, Any]) -> str | None:
+def data_folder(data: str | None, header: WeightsHeader) -> str | None:
     """The data to evaluate on: ``--data``, else the folder the checkpoint was trained on, else None (the defaults)."""
-    if data is None:
-        trained_on = (metadata.get("config") or {}).get("data")
-        if trained_on and Path(trained_on).is_dir():
-            data = trained_on
+    if data is None and header.trained_on and Path(header.trained_on).is_dir():
+        data = header.trained_on
     return data
 
 
-def load_test_split(data: str | None, metadata: dict[str, Any]) -> tuple[ImageSet, Path, str]:
+def load_test_split(data: str | None, header: WeightsHeader) -> tuple[ImageSet, Path, str]:
     """The split to test a checkpoint on, checked against its channels and classes: ``(images, folder, split)``.
 
     Fashion-MNIST: its test split. A class folder: ``test/``, else ``val/``, else the validation
     part of the seeded split the run made (same seed and fraction, from the checkpoint).
     """
-    where = data_folder(data, metadata)
-    channels = metadata["input_size"][0]
-    if is_class_folder(where):
-        config = metadata.get("config") or {}
-        found = load_class_folder(where, image_size=metadata.get("stored_size") or metadata["input_size"][1],
-                                  channels=channels, val_fraction=config.get("val_fraction", 0.2),
-                                  seed=config.get("seed", 0), warn=None)
-        test, split = (found.test, "test") if found.test is not None else (found.val, "val")
-        folder = Path(where)
-    else:
-        folder = resolve_data_dir(where)
-        test, split = load_split(folder, "test").with_channels(channels), "test"  # as a --channels 3 run saw it
-    if test.images.shape[1] != channels or list(test.class_names) != list(metadata["class_names"]):
+    channels, config = header.preprocess.channels, header.config
+    # The run's own split: its image size and channels (a --channels 3 Fashion-MNIST run sees gray three times),
+    # and for a class folder without test/ the validation part of the seeded split the run made.
+    splits = open_dataset(data_folder(data, header), image_size=header.preprocess.stored_size or header.preprocess.size,
+                          channels=channels, val_split=0, val_fraction=config.get("val_fraction") or 0.2,
+                          seed=config.get("seed") or 0)
+    (test, split), folder = splits.held_out, splits.source
+    if test.images.shape[1] != channels or list(test.class_names) != header.class_names:
         raise ResnetlabError(
             f"--data {folder}: its images ({test.images.shape[1]} channel(s), {len(test.class_names)} classes) do not "
-            f"match the checkpoint ({channels} channel(s), {len(metadata['class_names'])} classes); give the data it was trained on"
+            f"match the checkpoint ({channels} channel(s), {header.num_classes} classes); give the data it was trained on"
         )
     return test, folder, split
 
@@ -100,6 +92,7 @@ def evaluate_checkpoint(
     precision: str | None = None,
     batch_size: int | None = None,
     mistakes: int = 32,
+    explain: bool = False,
     log: Log = print,
 ) -> dict[str, Any]:
     """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
@@ -108,8 +101,8 @@ def evaluate_checkpoint(
     so on the same machine the accuracy equals the one training reported.
     """
     checkpoint = Path(checkpoint)
-    model, metadata = build_from_weights(checkpoint)
-    test, folder, split = load_test_split(data, metadata)
+    model, header = build_model(checkpoint)
+    test, folder, split = load_test_split(data, header)
     out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,22 +110,25 @@ def evaluate_checkpoint(
         raise ResnetlabError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
     dev = resolve_device(device)
     # Precision, batches and memory format as in training, so the figures match the run's own to the last digit.
-    trained = metadata.get("config") or {}
+    trained = header.config
     if precision is not None:
         prec = resolve_precision(precision, dev)
     else:
         try:  # what the run computed in, where this device has it (fp16 from a GPU run is no CPU option)
-            prec = resolve_precision(metadata.get("precision") or trained.get("precision", "auto"), dev)
+            prec = resolve_precision(header.precision, dev)
         except ResnetlabError:
             prec = resolve_precision("auto", dev)
     channels_last = bool(trained.get("channels_last", False))
     model = model.to(dev, prec.dtype).eval()
+    if trained.get("small_maps"):  # the same arithmetic as the run's own evaluation
+        from .models.small_maps import use_small_map_products
+
+        use_small_map_products(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    norm = metadata.get("normalization")
-    loader = DeviceLoader(test, batch_size or int(trained.get("batch_size", 256)), device=dev,
-                          image_size=metadata["input_size"][1], channels_last=channels_last, dtype=prec.dtype,
-                          mean=norm["mean"] if norm else None, std=norm["std"] if norm else None)
+    pre = header.preprocess
+    loader = DeviceLoader(test, batch_size or int(trained.get("batch_size") or 256), device=dev,
+                          image_size=pre.size, channels_last=channels_last, dtype=prec.dtype, mean=pre.mean, std=pre.std)
     scores = []
     with torch.no_grad():
         for x, _ in loader.batches():
@@ -154,11 +150,11 @@ def evaluate_checkpoint(
         "tta": tta,
         "precision": prec.name,
         "device": str(dev),
-        **classification_report(labels, preds, list(metadata["class_names"])),
+        **classification_report(labels, preds, header.class_names),
     }
     wrong = (preds != labels).nonzero().flatten()
     worst = wrong[confidence[wrong].argsort(descending=True)][:mistakes]
-    names = metadata["class_names"]
+    names = header.class_names
     report["mistakes"] = [
         {"index": int(i), "true": names[labels[i]], "predicted": names[preds[i]], "prob": confidence[i].item()}
         for i in worst
@@ -167,11 +163,20 @@ def evaluate_checkpoint(
     save_confusion(out_dir / "confusion.png", torch.tensor(report["confusion"]), names,
                    title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
     if len(worst):
-        save_image_grid(
-            out_dir / "mistakes.png", test.images[worst],
-            [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]],
-            title_colors=["firebrick"] * len(worst),
-        )
+        titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
+        if explain:  # what the model looked at for the class it wrongly chose
+            from .explain import grad_cam
+            from .pictures import save_explanation_sheet
+
+            model.float().to(memory_format=torch.contiguous_format)
+            x = pre(test.images[worst].to(dev)).float()
+            heatmaps, _ = grad_cam(model, x, preds[worst].to(dev))
+            shown = [F.interpolate(i[None].float(), size=(pre.size, pre.size), mode="bilinear",
+                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8) for i in test.images[worst]]
+            save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
+                                   title_colors=["firebrick"] * len(worst))
+        else:
+            save_image_grid(out_dir / "mistakes.png", test.images[worst], titles, title_colors=["firebrick"] * len(worst))
     else:
         (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
     log(f"{split} acc {report['accuracy']:.4f}")

@@ -18,17 +18,17 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .data.loader import to_model_input
-from .engine.checkpoint import build_from_weights
 from .errors import ResnetlabError, first_line
 from .fileio import atomic_path
+from .log import Log
+from .weights import WeightsHeader, build_model
 
-Log = Callable[[str], None]
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
 CHECK_BATCHES = (1, 7)
@@ -38,13 +38,12 @@ ONNX_EXTRA_HINT = "pip install 'resnetlab[onnx]'"
 class Deployable(nn.Module):
     """The model with its input standardisation: pixels in [0, 1] -> (logits, probabilities)."""
 
-    def __init__(self, model: nn.Module, metadata: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, header: WeightsHeader) -> None:
         super().__init__()
         self.model = model.eval()
-        channels = metadata["input_size"][0]
-        norm = metadata.get("normalization")
-        mean = torch.tensor(norm["mean"] if norm else [0.0] * channels).view(1, channels, 1, 1)
-        std = torch.tensor(norm["std"] if norm else [1.0] * channels).view(1, channels, 1, 1)
+        pre = header.preprocess
+        mean = torch.tensor(pre.mean or [0.0] * pre.channels).view(1, pre.channels, 1, 1)
+        std = torch.tensor(pre.std or [1.0] * pre.channels).view(1, pre.channels, 1, 1)
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
 
@@ -53,14 +52,14 @@ class Deployable(nn.Module):
         return logits, logits.softmax(1)
 
 
-def check_pixels(metadata: dict[str, Any], data: str | None, log: Log) -> torch.Tensor:
+def check_pixels(header: WeightsHeader, data: str | None, log: Log) -> torch.Tensor:
     """Eight real test images as model-ready pixels in [0, 1]; random ones (said so) if no data is found."""
     from .evaluation import load_test_split
 
-    channels, size, _ = metadata["input_size"]
-    stored = metadata.get("stored_size") or size
+    channels, size = header.preprocess.channels, header.preprocess.size
+    stored = header.preprocess.stored_size or size
     try:
-        test, folder, split = load_test_split(data, metadata)
+        test, folder, split = load_test_split(data, header)
         images = test.images[: sum(CHECK_BATCHES)]
         log(f"checking on {len(images)} {split} images from {folder}")
     except ResnetlabError as exc:
@@ -101,18 +100,19 @@ def _quiet(logger_name: str):
         logger.setLevel(level)
 
 
-def _metadata_strings(metadata: dict[str, Any]) -> dict[str, str]:
+def _metadata_strings(header: WeightsHeader) -> dict[str, str]:
+    strings = header.to_strings()
     return {
-        "model": metadata["model"],
-        "class_names": json.dumps(metadata["class_names"]),
-        "input_size": json.dumps(metadata["input_size"]),
-        "normalization": json.dumps(metadata.get("normalization")),
+        "model": header.model,
+        "class_names": strings["class_names"],
+        "input_size": strings["input_size"],
+        "normalization": strings["normalization"],
         "input": "pixels: float32 [N, C, H, W] in [0, 1] at input_size; the graph standardises them",
         "outputs": "logits, probabilities: float32 [N, classes]",
     }
 
 
-def _export_onnx(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, opset: int | None, pixels: torch.Tensor) -> float:
+def _export_onnx(wrapper: Deployable, header: WeightsHeader, tmp: Path, opset: int | None, pixels: torch.Tensor) -> float:
     try:
         import onnx
         import onnxruntime
@@ -120,8 +120,7 @@ def _export_onnx(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, opset
         importlib.import_module("onnxscript")  # the exporter needs it
     except ImportError:
         raise ResnetlabError(f"--format onnx needs the onnx extra; {ONNX_EXTRA_HINT}") from None
-    channels, size, _ = metadata["input_size"]
-    example = torch.rand(2, channels, size, size)
+    example = torch.rand(2, header.preprocess.channels, header.preprocess.size, header.preprocess.size)
     batch = torch.export.Dim("batch", min=1, max=65536)
     try:
         # The exporter reports its progress on stdout and warns about internals; the user needs neither.
@@ -134,7 +133,7 @@ def _export_onnx(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, opset
     except Exception as exc:  # the exporter raises many types; all mean the same to the user
         raise ResnetlabError(f"the ONNX exporter failed{f' at --opset {opset}' if opset else ''} ({first_line(exc)})") from None
     proto = program.model_proto
-    for key, value in _metadata_strings(metadata).items():
+    for key, value in _metadata_strings(header).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.save_model(proto, str(tmp))
     session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
@@ -145,12 +144,12 @@ def _export_onnx(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, opset
     return compare("ONNX", run, wrapper, pixels)
 
 
-def _export_torchscript(wrapper: Deployable, metadata: dict[str, Any], tmp: Path, pixels: torch.Tensor) -> float:
-    channels, size, _ = metadata["input_size"]
+def _export_torchscript(wrapper: Deployable, header: WeightsHeader, tmp: Path, pixels: torch.Tensor) -> float:
+    channels, size = header.preprocess.channels, header.preprocess.size
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice
         traced = torch.jit.trace(wrapper, torch.rand(2, channels, size, size))
-        torch.jit.save(traced, str(tmp), _extra_files={"resnetlab.json": json.dumps(_metadata_strings(metadata))})
+        torch.jit.save(traced, str(tmp), _extra_files={"resnetlab.json": json.dumps(_metadata_strings(header))})
         loaded = torch.jit.load(str(tmp))
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -177,17 +176,17 @@ def export_checkpoint(
     if opset is not None and not 7 <= opset <= 30:
         raise ResnetlabError(f"--opset {opset} is out of range; use 18 or later (the exporter's default: leave it out)")
     checkpoint = Path(checkpoint)
-    model, metadata = build_from_weights(checkpoint)
-    wrapper = Deployable(model.float(), metadata).eval()
+    model, header = build_model(checkpoint)
+    wrapper = Deployable(model, header).eval()
     target = Path(out) if out is not None else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
     if not target.parent.is_dir():
         raise ResnetlabError(f"--out {target}: the folder {target.parent} does not exist; create it or choose another")
-    pixels = check_pixels(metadata, data, log)
+    pixels = check_pixels(header, data, log)
     with atomic_path(target) as tmp:
         if fmt == "onnx":
-            gap = _export_onnx(wrapper, metadata, tmp, opset, pixels)
+            gap = _export_onnx(wrapper, header, tmp, opset, pixels)
         else:
-            gap = _export_torchscript(wrapper, metadata, tmp, pixels)
+            gap = _export_torchscript(wrapper, header, tmp, pixels)
     log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB); matches PyTorch at batch sizes "
         f"{' and '.join(map(str, CHECK_BATCHES))} (largest probability gap {gap:.1e}, same top-1)")
     return target

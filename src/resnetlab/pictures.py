@@ -1,4 +1,5 @@
-"""Pictures of images and results: labelled image grids (the book's ``show_images``) and a confusion matrix."""
+"""Pictures of images and results: labelled image grids (the book's ``show_images``), a confusion matrix,
+feature maps by stage and Grad-CAM overlays. Figures are made without pyplot (no window, no global state)."""
 
 from __future__ import annotations
 
@@ -12,24 +13,96 @@ import torch
 from .fileio import atomic_path
 
 
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend."""
-    import matplotlib
+def figure(width: float, height: float):
+    """A matplotlib figure of that size in inches, made without pyplot: no window, no global backend
+    switched (a notebook's inline plots stay as they are), nothing to close."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
+    return Figure(figsize=(width, height))
 
-    return plt
+
+def png_bytes(fig, dpi: int = 100) -> bytes:
+    """The figure as PNG."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def save_figure(fig, path: str | os.PathLike[str], dpi: int = 100) -> None:
-    """Save a figure as PNG atomically and close it."""
-    plt = pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    """Save a figure as PNG atomically."""
+    data = png_bytes(fig, dpi)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+        tmp.write_bytes(data)
+
+
+def _show(ax, image: torch.Tensor) -> None:
+    """Draw one uint8 image [C, H, W] (gray or RGB) without axes."""
+    image = image.cpu()
+    if image.shape[0] == 1:
+        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+    else:
+        ax.imshow(image.permute(1, 2, 0).numpy())
+    ax.axis("off")
+
+
+def _overlay(ax, image: torch.Tensor, heatmap: torch.Tensor) -> None:
+    """An image with a heatmap ([H, W] in [0, 1], at the image's size) over it, half transparent."""
+    _show(ax, image)
+    ax.imshow(heatmap.numpy(), cmap="jet", alpha=0.45, vmin=0, vmax=1, interpolation="bilinear",
+              extent=(-0.5, image.shape[-1] - 0.5, image.shape[-2] - 0.5, -0.5))
+
+
+def save_stage_maps(path: str | os.PathLike[str], image: torch.Tensor, stages: Sequence[tuple[str, str, torch.Tensor]],
+                    title: str, per_stage: int = 8) -> None:
+    """The input, then for each stage (name, the seed's shape line, maps [C, h, w]) its ``per_stage`` strongest channels.
+
+    Channels are ranked by their mean activation; each map is scaled to its own range.
+    """
+    fig = figure(1.3 * per_stage, 1.55 * (len(stages) + 1) + 0.4)
+    rows = fig.subfigures(len(stages) + 1, 1)
+    fig.suptitle(title, fontsize=10)
+    top = rows[0].subplots(1, per_stage)
+    _show(top[0], image)
+    top[0].set_title(f"input {list(image.shape)}", fontsize=7)
+    for ax in top[1:]:
+        ax.axis("off")
+    for row, (name, line, maps) in zip(rows[1:], stages):
+        row.suptitle(f"{name}: {line.replace(chr(9), ' ')}", fontsize=8, x=0.01, ha="left")
+        strongest = maps.flatten(1).mean(1).argsort(descending=True)[:per_stage]
+        for ax, channel in zip(row.subplots(1, per_stage), [*strongest.tolist(), *[None] * per_stage]):
+            ax.axis("off")
+            if channel is not None:
+                ax.imshow(maps[channel].numpy(), cmap="viridis", interpolation="nearest")
+                ax.set_title(f"ch {channel}", fontsize=6)
+    save_figure(fig, path, dpi=110)
+
+
+def save_explanation(path: str | os.PathLike[str], image: torch.Tensor, heatmap: torch.Tensor, title: str,
+                     top: Sequence[tuple[str, float]]) -> None:
+    """One image beside its Grad-CAM overlay, with the target and the top classes and probabilities."""
+    fig = figure(5.2, 2.9)
+    left, right = fig.subplots(1, 2)
+    _show(left, image)
+    left.set_title("image", fontsize=8)
+    _overlay(right, image, heatmap)
+    right.set_title(title, fontsize=8)
+    fig.text(0.5, 0.01, "   ".join(f"{name} {prob:.2f}" for name, prob in top), ha="center", fontsize=7)
+    save_figure(fig, path, dpi=120)
+
+
+def save_explanation_sheet(path: str | os.PathLike[str], images: Sequence[torch.Tensor], heatmaps: torch.Tensor,
+                           titles: Sequence[str], num_cols: int = 6, title_colors: Sequence[str] | None = None) -> None:
+    """Several images with their Grad-CAM overlays in a grid (a contact sheet)."""
+    n = len(images)
+    num_cols = max(1, min(num_cols, n))
+    num_rows = max(1, math.ceil(n / num_cols))
+    fig = figure(1.9 * num_cols, 2.2 * num_rows)
+    for i, ax in enumerate(fig.subplots(num_rows, num_cols, squeeze=False).flat):
+        ax.axis("off")
+        if i < n:
+            _overlay(ax, images[i], heatmaps[i])
+            ax.set_title(titles[i], fontsize=7, color=title_colors[i] if title_colors else "black")
+    save_figure(fig, path, dpi=110)
 
 
 def save_image_grid(
@@ -40,20 +113,16 @@ def save_image_grid(
     title_colors: Sequence[str] | None = None,
 ) -> None:
     """Draw uint8 images [N, C, H, W] in a grid, each with its title above (as d2l's ``show_images``)."""
-    plt = pyplot()
     n = len(images)
     num_cols = max(1, min(num_cols, n))
     num_rows = max(1, math.ceil(n / num_cols))
-    fig, axes = plt.subplots(num_rows, num_cols, figsize=(1.6 * num_cols, 1.9 * num_rows), squeeze=False)
+    fig = figure(1.6 * num_cols, 1.9 * num_rows)
+    axes = fig.subplots(num_rows, num_cols, squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i >= n:
             continue
-        image = images[i].cpu()
-        if image.shape[0] == 1:
-            ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
-        else:
-            ax.imshow(image.permute(1, 2, 0).numpy())
+        _show(ax, images[i])
         color = title_colors[i] if title_colors is not None else "black"
         ax.set_title(titles[i], fontsize=7, color=color)
     save_figure(fig, path)
@@ -61,10 +130,10 @@ def save_image_grid(
 
 def save_confusion(path: str | os.PathLike[str], matrix: torch.Tensor, class_names: Sequence[str], title: str = "") -> None:
     """Draw a confusion matrix (rows: true class, columns: predicted) with the counts in the cells."""
-    plt = pyplot()
     k = len(class_names)
     size = max(5.0, 0.55 * k + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = figure(size, size)
+    ax = fig.subplots()
     counts = matrix.cpu().numpy()
     ax.imshow(counts, cmap="Blues")
     ax.set_xticks(range(k), labels=class_names, rotation=45, ha="right", fontsize=8)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import ResnetlabError
 from ..fileio import atomic_path
-from .idx import DataError
+from .imageset import DataError
 
 DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 # SHA-256 of the decompressed IDX files.

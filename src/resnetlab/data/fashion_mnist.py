@@ -9,12 +9,12 @@ either ``.gz`` or decompressed.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .idx import DataError, read_idx
+from .idx import read_idx
+from .imageset import DataError, ImageSet
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -31,30 +31,6 @@ INSTALL_HINT = (
     "fetch it with 'resnetlab download fashion-mnist DIR', or point --data at a folder holding "
     "the four IDX files"
 )
-
-
-@dataclass
-class ImageSet:
-    """Images as a uint8 tensor [N, C, H, W], labels as int64 [N], and the class names."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    class_names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: torch.Tensor) -> "ImageSet":
-        """Return the examples at ``index`` (a 1-D tensor of positions) as a new set."""
-        return ImageSet(self.images[index], self.labels[index], self.class_names)
-
-    def with_channels(self, channels: int | None) -> "ImageSet":
-        """The set with ``channels`` channels: gray images repeated to three (None or the same count: as is)."""
-        if channels is None or channels == self.images.shape[1]:
-            return self
-        if self.images.shape[1] != 1 or channels != 3:
-            raise DataError(f"cannot turn {self.images.shape[1]}-channel images into {channels}-channel ones")
-        return ImageSet(self.images.expand(-1, 3, -1, -1).contiguous(), self.labels, self.class_names)
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:

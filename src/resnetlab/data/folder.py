@@ -30,8 +30,7 @@ import torch
 
 from ..fileio import atomic_path
 from ..images import GRAY_MODES, ImageError, probe_image, read_image
-from .fashion_mnist import ImageSet
-from .idx import DataError
+from .imageset import DataError, ImageSet
 
 MAX_AUTO_SIZE = 224
 CACHE_FORMAT = "resnetlab.folder-cache/2"  # 2: 16-bit gray scaled to 8 bits, not clipped
@@ -118,9 +117,12 @@ def read_split(
     items = [(path, label) for label, name in enumerate(class_names) if (folder / name).is_dir()
              for path in _files(folder / name)]
     listing = _listing_hash(items, class_names)
-    key = hashlib.sha256(f"{folder.resolve()}\0{image_size}\0{channels}".encode()).hexdigest()[:24]
-    cache = cache_dir() / f"{key}.safetensors"
-    cached = _read_cache(cache, listing)
+    # Left to the data, the size and channels are found again from the alias of the last decoding,
+    # so a run and a later eval (which asks for them by number) share one cache file.
+    alias = _cache_path(folder, image_size, channels).with_suffix(".json") if None in (image_size, channels) else None
+    if alias is not None:
+        image_size, channels = _read_alias(alias, listing) or (image_size, channels)
+    cached = _read_cache(_cache_path(folder, image_size, channels), listing)
     if cached is not None:
         return cached
     with ThreadPoolExecutor(_threads()) as pool:
@@ -146,8 +148,33 @@ def read_split(
         labels=torch.tensor(labels, dtype=torch.int64),
         class_names=tuple(class_names),
     )
-    _write_cache(cache, data, listing, skipped)
+    _write_cache(_cache_path(folder, image_size, channels), data, listing, skipped)
+    if alias is not None:
+        _write_alias(alias, listing, image_size, channels)
     return data, skipped
+
+
+def _cache_path(folder: Path, image_size: int | None, channels: int | None) -> Path:
+    key = hashlib.sha256(f"{folder.resolve()}\0{image_size}\0{channels}".encode()).hexdigest()[:24]
+    return cache_dir() / f"{key}.safetensors"
+
+
+def _read_alias(path: Path, listing: str) -> tuple[int, int] | None:
+    try:
+        values = json.loads(path.read_text())
+        if values.get("listing") == listing:
+            return int(values["image_size"]), int(values["channels"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # missing or damaged: decide again
+    return None
+
+
+def _write_alias(path: Path, listing: str, image_size: int, channels: int) -> None:
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"listing": listing, "image_size": image_size, "channels": channels}))
+    except Exception:  # like the cache: one that cannot be written only costs time  # noqa: BLE001
+        pass
 
 
 def _read_cache(path: Path, listing: str) -> tuple[ImageSet, list[str]] | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ResnetlabError
+from .imageset import DataError
 
 # IDX type codes and their big-endian numpy types.
 IDX_TYPES: dict[int, np.dtype] = {
@@ -30,10 +30,6 @@ IDX_TYPES: dict[int, np.dtype] = {
 # Deflate cannot expand data by more than about 1032:1; a header that implies more is a lie.
 MAX_DEFLATE_RATIO = 1032
 _CHUNK = 1 << 20
-
-
-class DataError(ResnetlabError):
-    """A data file or folder is missing, unreadable or malformed; the message names it."""
 
 
 def _open(path: Path):

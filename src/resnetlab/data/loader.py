@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .fashion_mnist import ImageSet
+from .imageset import ImageSet
 
 
 def to_model_input(
@@ -224,6 +224,3 @@ class DeviceLoader:
                 x = x[self.rank * share : (self.rank + 1) * share]
                 y = y[self.rank * share : (self.rank + 1) * share]
             yield x, y
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self.batches(0)

@@ -1,12 +1,11 @@
-"""The training engine: configuration, presets, the loop, checkpoints and metrics."""
+"""The training engine: configuration, presets, deciding what a run leaves open, the loop, its state and files."""
 
-from .checkpoint import build_from_weights, load_weights, read_metadata, save_weights
+from ..scoring import evaluate
 from .config import TrainConfig, load_config_file, validate
 from .presets import PRESETS, from_preset, preset_names
-from .steps import evaluate
-from .train import TrainResult, fit, resume
+from .train import TrainResult, Watch, fit, resume
 
 __all__ = [
-    "PRESETS", "TrainConfig", "TrainResult", "build_from_weights", "evaluate", "fit", "from_preset",
-    "load_config_file", "load_weights", "preset_names", "read_metadata", "resume", "save_weights", "validate",
+    "PRESETS", "TrainConfig", "TrainResult", "evaluate", "fit", "from_preset", "load_config_file", "preset_names",
+    "resume", "validate", "Watch",
 ]

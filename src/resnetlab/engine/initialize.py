@@ -23,12 +23,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..errors import ResnetlabError
+from ..log import Log
 from ..models import create_model
 from .checkpoint import load_tensors_only
 from .config import INIT_SCHEMES, TrainConfig
@@ -200,7 +200,7 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
 
-def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Callable[[str], None] | None = None) -> nn.Module:
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Log | None = None) -> nn.Module:
     """Create the configured model for the data's channels and classes, with the configured init.
 
     With ``--init FILE`` the file's weights are copied in as far as they fit and the table of

@@ -47,10 +47,18 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, float | int | None]
 
 
 def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int | None]], title: str = "") -> None:
-    """Draw train loss, train acc and val/test acc against epochs in one plot, as d2l's Animator."""
-    from ..pictures import pyplot, save_figure
+    """Write ``curves.png``: :func:`curves_figure` of the rows."""
+    from ..pictures import save_figure
 
-    fig, ax = pyplot().subplots(figsize=(5, 3.5))
+    save_figure(curves_figure(rows, title), path, dpi=120)
+
+
+def curves_figure(rows: list[dict[str, float | int | None]], title: str = ""):
+    """Train loss, train acc and val/test acc against epochs in one plot, as d2l's Animator draws them."""
+    from ..pictures import figure
+
+    fig = figure(5, 3.5)
+    ax = fig.subplots()
     epochs = [r["epoch"] for r in rows]
     for key, label, style in [
         ("train_loss", "train loss", "-"),
@@ -67,4 +75,4 @@ def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int |
     ax.legend()
     if title:
         ax.set_title(title, fontsize=9)
-    save_figure(fig, path, dpi=120)
+    return fig

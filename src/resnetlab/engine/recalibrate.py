@@ -16,8 +16,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from ..runtime import Precision
 from .distributed import all_sum
-from .runtime import Precision
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

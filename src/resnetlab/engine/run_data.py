@@ -3,58 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-import sys
-from typing import Callable
 
 import torch
 
-from ..data import ImageSet, load_fashion_mnist, split_train_val
-from ..data.folder import is_class_folder, load_class_folder
+from ..data import ImageSet, open_dataset
+from ..log import Log, warn_stderr
 from .config import TrainConfig
 
-Log = Callable[[str], None]
-
-
-def silent(message: str) -> None:
-    """A log that drops everything (ranks other than 0 under torchrun)."""
-
-
-def warn_stderr(message: str) -> None:
-    """Print a warning on stderr."""
-    print(message, file=sys.stderr)
 
 
 def load_data(config: TrainConfig, warn: Log = warn_stderr) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
-    """(train, validation or None, test or None): Fashion-MNIST or a class folder, split and limited as configured.
-
-    A class folder without ``test/`` has no test split: its runs report validation accuracy only.
-    """
-    if is_class_folder(config.data):
-        folder = load_class_folder(
-            config.data, image_size=config.image_size, channels=config.channels, val_fraction=config.val_fraction,
-            seed=config.seed, strict=config.strict, warn=warn,
-        )
-        train, val, test = folder.train, folder.val, folder.test
-    else:
-        # --channels 3 (to fine-tune an RGB model, say): the gray channel three times.
-        train, test = (split.with_channels(config.channels) for split in load_fashion_mnist(config.data))
-        val = None
-        if config.val_split > 0:
-            train, val = split_train_val(train, config.val_split, config.seed)
-    if config.limit_train is not None:
-        train = train.subset(torch.arange(min(config.limit_train, len(train))))
-    if config.limit_test is not None and test is not None:
-        test = test.subset(torch.arange(min(config.limit_test, len(test))))
-    return train, val, test
-
-
-def resolve_from_data(config: TrainConfig, train: ImageSet) -> TrainConfig:
-    """Fill in what the config leaves to the data: the image size (None) and the stem ("auto": small up to 64 px)."""
-    size = config.image_size or int(train.images.shape[-1])
-    args = dict(config.model_args)
-    if args.get("stem") == "auto":
-        args["stem"] = "small" if size <= 64 else "imagenet"
-    return config.replace(image_size=size, model_args=args)
+    """(train, validation or None, test or None) as configured (``open_dataset``), limited to ``limit_train``/``limit_test``."""
+    splits = open_dataset(config.data, image_size=config.image_size, channels=config.channels, val_split=config.val_split,
+                          val_fraction=config.val_fraction, seed=config.seed, strict=config.strict, warn=warn)
+    test = splits.test.limit(config.limit_test) if splits.test is not None else None
+    return splits.train.limit(config.limit_train), splits.val, test
 
 
 def data_fingerprint(*sets: ImageSet | None) -> str:

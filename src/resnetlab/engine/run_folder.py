@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ResnetlabError
 from ..fileio import write_text
-from .checkpoint import save_state_dict
+from ..weights import WeightsHeader, save_weights
 from .distributed import Dist
 from .metrics import plot_curves, write_csv
 
@@ -68,10 +68,10 @@ class RunFolder:
         if self.writes:
             write_text(self.path / name, text)
 
-    def write_weights(self, name: str, state: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+    def write_weights(self, name: str, state: dict[str, torch.Tensor], header: WeightsHeader) -> None:
         """Write weights with their header (``best.safetensors``, ``last.safetensors``)."""
         if self.writes:
-            save_state_dict(self.path / name, state, metadata)
+            save_weights(self.path / name, state, header)
 
     def write_metrics(self, history: list[dict], title: str) -> None:
         """``metrics.csv`` and ``curves.png`` for the epochs so far."""

@@ -25,7 +25,8 @@ import torch
 
 from ..errors import ResnetlabError
 from ..fileio import atomic_path
-from .checkpoint import load_tensors_only, unwrap, versions
+from ..weights import versions
+from .checkpoint import load_tensors_only, unwrap
 from .steps import Training
 
 STATE_FILE = "train_state.pt"

@@ -15,13 +15,11 @@ from itertools import chain
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..data import DeviceLoader
+from ..runtime import Precision
 from .config import TrainConfig
 from .distributed import all_max
-from .runtime import Precision
 
 # Steps between reads of the guard's flags on an accelerator; on the CPU every step is read.
 CHECK_EVERY = 50
@@ -30,41 +28,6 @@ CHECK_EVERY = 50
 def check_interval(device: torch.device) -> int:
     """How many steps may pass between reads of the guard's flags on ``device``."""
     return 1 if device.type == "cpu" else CHECK_EVERY
-
-
-def class_scores(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:
-    """Float32 logits of ``model`` for a batch; with ``tta``, the log of the softmax averaged with the mirror image's."""
-    logits = model(x).float()
-    if not tta:
-        return logits
-    probs = (logits.softmax(1) + model(x.flip(3)).float().softmax(1)) / 2
-    return probs.clamp_min(1e-12).log()
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, *, precision: Precision = Precision("fp32"),
-             tta: bool = False) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over every example of ``loader``.
-
-    With ``tta``, the softmax of each image and of its mirror image are averaged.
-    Returns the sums as well (``correct``, ``loss_sum``, ``count``) so ranks can add them up.
-    """
-    was_training = model.training
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=loader.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.device)
-    count = 0
-    for x, y in loader.batches():
-        if len(y) == 0:  # under torchrun a rank's share of the last batch can be empty
-            continue
-        with precision.autocast(loader.device):
-            logits = class_scores(model, x, tta)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        correct += (logits.argmax(1) == y).sum()
-        count += len(y)
-    model.train(was_training)
-    c, s = int(correct), float(loss_sum)
-    return {"acc": c / max(count, 1), "loss": s / max(count, 1), "correct": c, "loss_sum": s, "count": count}
 
 
 class Ema:

@@ -30,27 +30,30 @@ from ..data import Augment, DeviceLoader, ImageSet
 from ..data.loader import mix_seed
 from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, TrainingStopped, first_line
 from ..fileio import remove_stale_temporaries, write_text
-from .checkpoint import unwrap, versions
+from ..log import Log, silent, warn_stderr
+from ..models.small_maps import use_small_map_products
+from ..runtime import configure_backends, resolve_device, resolve_precision, seed_everything
+from ..scoring import evaluate
+from ..weights import Preprocess, WeightsHeader
+from .checkpoint import unwrap
 from .config import BASE_DEFAULTS, RESUME_OVERRIDES, TrainConfig, load_config_file, validate
 from .distributed import Dist, convert_sync_batchnorm, env_rank, is_comm_failure, shutdown, wrap_ddp
 from .initialize import build_model, set_train_mode
 from .optim import make_optimizer, make_scheduler, measure_steps, total_steps
 from .recalibrate import recalibrate_batchnorm
 from .resolve import apply_data, apply_preset
-from .run_data import channel_stats, data_fingerprint, load_data, silent, warn_stderr
+from .run_data import channel_stats, data_fingerprint, load_data
 from .run_folder import RunFolder, follow_link
-from .runtime import configure_backends, resolve_device, resolve_precision, seed_everything
 from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
-from .steps import Ema, Training, check_interval, evaluate
+from .steps import Ema, Training, check_interval
 from .stop import StopSignals
-
-Log = Callable[[str], None]
 
 # Time-budget planning: an evaluated image costs this share of a trained one (forward only,
 # measured about a third; TTA doubles it), and each epoch's files (train state, weights, curves)
-# about this many seconds on a 2-core CPU. The plan keeps this share of the time in reserve.
+# twice the 0.8 s measured for the seed's net on a 2-core CPU. The plan keeps this share of the
+# time in reserve for a machine that slows down.
 EVAL_COST = 0.5
-FILE_SECONDS = 3.0
+FILE_SECONDS = 1.5
 BUDGET_RESERVE = 0.05
 
 
@@ -85,7 +88,15 @@ def process_age() -> float:
         return 0.0
 
 
-def fit(config: TrainConfig, log: Log = print, *, started: float | None = None) -> TrainResult:
+@dataclass
+class Watch:
+    """How a caller follows a run besides its lines: a progress bar per epoch, and a call after each epoch."""
+
+    progress: bool | None = None  # a progress bar (tqdm.auto: a widget in a notebook); None: on a terminal only
+    on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch (rank 0)
+
+
+def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, watch: Watch | None = None) -> TrainResult:
     """Train as ``config`` says (unset fields decided as in ``resolve.py``); write the run folder; return the results.
 
     ``started`` (a ``time.monotonic()`` value) is when the run's time budget began: the command
@@ -94,7 +105,7 @@ def fit(config: TrainConfig, log: Log = print, *, started: float | None = None) 
     :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
     """
     validate(config)
-    return _Run(config, log, started=started).train()
+    return _Run(config, log, started=started, watch=watch).train()
 
 
 def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *, started: float | None = None,
@@ -142,9 +153,10 @@ class _Run:
     """One run from set-up to results: builds everything, runs the epochs, saves, finishes."""
 
     def __init__(self, config: TrainConfig, log: Log, run_dir: Path | None = None, state: dict | None = None,
-                 started: float | None = None) -> None:
+                 started: float | None = None, watch: Watch | None = None) -> None:
         self.started = time.monotonic() if started is None else started
         self.state = state
+        self.watch = watch or Watch()
         device = resolve_device(config.device or BASE_DEFAULTS["device"])
         self.dist = Dist.join(device.type, config.dist_timeout or BASE_DEFAULTS["dist_timeout"])
         self.device = torch.device("cuda", self.dist.local_rank) if device.type == "cuda" and self.dist.enabled else device
@@ -169,7 +181,7 @@ class _Run:
         config = config.replace(**{k: BASE_DEFAULTS[k] for k in ("seed", "val_split", "val_fraction", "strict")
                                    if getattr(config, k) is None})
         train, val, test = load_data(config, warn=warn_stderr if self.dist.is_main else silent)
-        config, recipe = apply_data(config, train, self.device)
+        config, recipe = apply_data(config.replace(precision=self.precision.name), train, self.device)
         if recipe and self.state is None:
             self.log(recipe)
         self.config = validate(config)
@@ -194,6 +206,8 @@ class _Run:
         model = build_model(config, train.images.shape[1], len(train.class_names),
                             log=self.log if self.state is None else None)
         model = model.to(self.device, self.precision.dtype)
+        if config.small_maps:
+            use_small_map_products(model)
         if config.sync_bn and self.dist.enabled:
             model = convert_sync_batchnorm(model, self.device.type)
         return model.to(memory_format=torch.channels_last) if config.channels_last else model
@@ -284,13 +298,13 @@ class _Run:
     def train(self) -> TrainResult:
         """Run the remaining steps, then the final test; return the results."""
         try:
-            with self.stop:
+            with self.stop:  # a signal during the final test (seconds) only lets the run finish
                 while self.progress.global_step < self.total_steps:
                     self._train_epoch()
                     self._end_epoch()
                     if self.dist.any(self.stop.requested, self.device):
                         self._stopped()
-            result = self._finish()
+                result = self._finish()
             self.dist.barrier()  # leave together: a rank tearing down early can abort its peer
             return result
         except RuntimeError as exc:
@@ -311,8 +325,8 @@ class _Run:
         set_train_mode(training.model, self.config.freeze_backbone)
         last_step = min(self.steps_per_epoch, self.total_steps - (p.global_step - p.step))
         bar = None
-        if sys.stderr.isatty() and self.dist.is_main:
-            from tqdm import tqdm
+        if (sys.stderr.isatty() if self.watch.progress is None else self.watch.progress) and self.dist.is_main:
+            from tqdm.auto import tqdm
 
             bar = tqdm(total=last_step, initial=p.step, desc=f"epoch {p.epoch + 1}/{self.planned_epochs}",
                        unit="step", leave=False)
@@ -457,6 +471,8 @@ class _Run:
         p.start_epoch(self.device)
         self._save_state()
         self._write_epoch_files(best_changed, last=True)
+        if self.watch.on_epoch is not None and self.dist.is_main:
+            self.watch.on_epoch(p.history)
         skipped = f"  skipped {p.skipped} non-finite batch(es)" if p.skipped else ""
         self.log(
             f"epoch {row['epoch']}/{self.planned_epochs}  lr {row['lr']:.4g}  loss {train_loss:.3f}  "
@@ -492,36 +508,30 @@ class _Run:
         for value, name in zip(sums, ("loss_sum", "correct", "seen")):
             getattr(p, name).copy_(value if self.dist.is_main else torch.zeros_like(value))
 
-    def _metadata(self, epoch: int) -> dict[str, Any]:
-        """The weights header: everything needed to use the weights without the run (see checkpoint.py)."""
+    def _header(self, epoch: int) -> WeightsHeader:
+        """The weights header: everything needed to use the weights without the run (``weights.py``)."""
         config, row = self.config, self.progress.history[epoch - 1]
-        return {
-            "model": config.model,
-            "model_args": unwrap(self.training.model).model_args,
-            "in_channels": self.in_channels,
-            "num_classes": len(self.class_names),
-            "class_names": self.class_names,
-            "input_size": [self.in_channels, config.image_size, config.image_size],
+        preprocess = Preprocess(
+            channels=self.in_channels, size=config.image_size,
             # The side the images had before the loader's resize: new images are first brought to it
             # the way the data were (Pillow, bilinear), so prediction sees what training saw.
-            "stored_size": self.stored_size,
-            "normalization": {"mean": self.mean, "std": self.std} if self.mean is not None else None,
-            "preset": config.preset or "",
-            "precision": self.precision.name,  # what the run computed in (auto resolved)
-            "versions": versions(),
-            "config": config.to_dict(),
-            "epoch": epoch,
-            "metrics": {k: v for k, v in row.items() if v is not None},
-        }
+            stored_size=self.stored_size,
+            mean=tuple(self.mean) if self.mean is not None else None, std=tuple(self.std) if self.std is not None else None,
+        )
+        return WeightsHeader(
+            model=config.model, model_args=unwrap(self.training.model).model_args, class_names=self.class_names,
+            preprocess=preprocess, precision=self.precision.name, preset=config.preset or "", epoch=epoch,
+            metrics={k: v for k, v in row.items() if v is not None}, config=config.to_dict(),
+        )
 
     def _write_epoch_files(self, best_changed: bool, last: bool) -> None:
         """best/last.safetensors, metrics.csv and curves.png for the epochs so far (rank 0 only)."""
         p = self.progress
         if best_changed and self.best_weights is not None:
-            self.folder.write_weights("best.safetensors", self.best_weights, self._metadata(p.best_epoch))
+            self.folder.write_weights("best.safetensors", self.best_weights, self._header(p.best_epoch))
         if last:
             self.folder.write_weights("last.safetensors", unwrap(self.training.eval_model).state_dict(),
-                                      self._metadata(p.epoch))
+                                      self._header(p.epoch))
         self.folder.write_metrics(p.history, title=f"{self.config.model} ({self.config.preset or 'custom'})")
 
     def _elapsed(self) -> float:

@@ -18,11 +18,12 @@ Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the registry knows of a model: its builder and its natural square image size."""
+    """What the registry knows of a model: its builder, its natural square image size, and whether it takes a ``stem``."""
 
     name: str
     builder: Callable[..., nn.Module]
     image_size: int
+    stems: bool = False  # the builder takes stem="imagenet" | "small" (the family; not the seed's fixed net)
 
 
 class UnknownModelError(ResnetlabError, ValueError):
@@ -32,13 +33,13 @@ class UnknownModelError(ResnetlabError, ValueError):
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, image_size: int) -> Callable[[Builder], Builder]:
-    """Decorator that registers a builder under ``name`` with its natural ``image_size`` (pixels)."""
+def register_model(name: str, *, image_size: int, stems: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator that registers a builder under ``name`` with its natural ``image_size`` (pixels); ``stems``: it takes ``stem``."""
 
     def decorate(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name=name, builder=builder, image_size=image_size)
+        _REGISTRY[name] = ModelSpec(name=name, builder=builder, image_size=image_size, stems=stems)
         return builder
 
     return decorate

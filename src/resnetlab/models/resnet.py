@@ -52,6 +52,10 @@ class D2LResNet(nn.Sequential):
         x = self[6](self[5](x))
         return x if pre_logits else self[7](x)
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The named stages whose outputs the seed prints: b1 (the stem) to b5."""
+        return [(f"b{i + 1}", self[i]) for i in range(5)]
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the final linear layer with a freshly initialised one for ``num_classes`` classes."""
         self[7] = nn.Linear(self.num_features, num_classes)
@@ -141,7 +145,7 @@ class ResNet(nn.Module):
                 self._norm_layer(planes * block.expansion),
             )
         layers = [
-            block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, 1, self._norm_layer)
+            block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, self._norm_layer)
         ]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
@@ -167,6 +171,10 @@ class ResNet(nn.Module):
         """Return the logits for a batch of images (N, in_channels, H, W)."""
         return self.forward_head(self.forward_features(x))
 
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """The named stages: the stem (its last module: the max-pool, or an identity for the small stem) and layer1 to layer4."""
+        return [("stem", self.maxpool)] + [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, 5)]
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` with a freshly initialised linear layer for ``num_classes`` classes."""
         self.fc = nn.Linear(self.num_features, num_classes)
@@ -179,43 +187,43 @@ def d2l_resnet18(in_channels: int = 1, num_classes: int = 10) -> D2LResNet:
     return D2LResNet(in_channels=in_channels, num_classes=num_classes)
 
 
-@register_model("resnet18", image_size=224)
+@register_model("resnet18", image_size=224, stems=True)
 def resnet18(**kwargs: object) -> ResNet:
     """ResNet-18 (He et al. 2015) in torchvision's layout."""
     return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
 
 
-@register_model("resnet34", image_size=224)
+@register_model("resnet34", image_size=224, stems=True)
 def resnet34(**kwargs: object) -> ResNet:
     """ResNet-34 (He et al. 2015) in torchvision's layout."""
     return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
 
 
-@register_model("resnet50", image_size=224)
+@register_model("resnet50", image_size=224, stems=True)
 def resnet50(**kwargs: object) -> ResNet:
     """ResNet-50 (v1.5: stride on the 3x3 conv) in torchvision's layout."""
     return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
 
 
-@register_model("resnet101", image_size=224)
+@register_model("resnet101", image_size=224, stems=True)
 def resnet101(**kwargs: object) -> ResNet:
     """ResNet-101 (v1.5) in torchvision's layout."""
     return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
 
 
-@register_model("resnet152", image_size=224)
+@register_model("resnet152", image_size=224, stems=True)
 def resnet152(**kwargs: object) -> ResNet:
     """ResNet-152 (v1.5) in torchvision's layout."""
     return ResNet(Bottleneck, [3, 8, 36, 3], **kwargs)
 
 
-@register_model("resnext50_32x4d", image_size=224)
+@register_model("resnext50_32x4d", image_size=224, stems=True)
 def resnext50_32x4d(**kwargs: object) -> ResNet:
     """ResNeXt-50 32x4d (Xie et al. 2017): 32 groups of width 4."""
     return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kwargs)
 
 
-@register_model("wide_resnet50_2", image_size=224)
+@register_model("wide_resnet50_2", image_size=224, stems=True)
 def wide_resnet50_2(**kwargs: object) -> ResNet:
     """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): bottlenecks twice as wide."""
     return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128, **kwargs)

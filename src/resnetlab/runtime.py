@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import ResnetlabError
+from .errors import ResnetlabError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
@@ -38,23 +40,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast pays off.
-
-    ``RESNETLAB_CPU_BF16=0`` makes every CPU answer no (``=1``: yes), so a machine with native
-    bf16 can stand in for one without (the test suite and benchmarks use it). Measured on a
-    2-core AMD EPYC with avx512_bf16 (2026-11-26): bf16 trained the seed's ResNet-18 1.5x
-    faster than fp32 at 28 px; on CPUs without it bf16 is emulated and slower.
-    """
-    forced = os.environ.get("RESNETLAB_CPU_BF16", "").strip()
-    if forced in ("0", "1"):
-        return forced == "1"
+def cpu_has_bf16_flags() -> bool:
+    """Whether this CPU reports AVX512-BF16 or AMX-BF16 (without them bf16 is emulated, always slower)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
         return False
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_is_faster() -> bool:
+    """Whether bf16 matrix products run at least 1.3x faster than fp32 ones here (measured once, about 0.1 s).
+
+    The flags alone do not tell: a 2-core AMD EPYC with avx512_bf16 trained the seed's net 1.5x
+    faster in bf16 (2026-11-26), while a 2-core Intel Xeon reporting avx512_bf16 ran bf16
+    products at half the fp32 speed and trained 1.3x slower in bf16 (2026-11-28).
+    """
+    def best(dtype: torch.dtype) -> float:
+        a, b = torch.randn(768, 768, dtype=dtype), torch.randn(768, 768, dtype=dtype)
+        a @ b
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    return best(torch.float32) >= 1.3 * best(torch.bfloat16)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether bf16 autocast pays off on this CPU: bf16 flags, and bf16 products measured faster than fp32.
+
+    ``RESNETLAB_CPU_BF16=0`` makes every CPU answer no (``=1``: yes), so a machine with fast
+    bf16 can stand in for one without (the test suite and benchmarks use it).
+    """
+    forced = os.environ.get("RESNETLAB_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return cpu_has_bf16_flags() and cpu_bf16_is_faster()
 
 
 def cuda_has_fast_bf16(device: torch.device) -> bool:

@@ -1,0 +1,191 @@
+"""Look inside a network: what each stage outputs, and where a prediction comes from (Grad-CAM).
+
+Stages are the ones the seed prints (b1..b5 of its ResNet-18) or the family's stem and
+layer1..layer4 (``model.stages()``). :func:`stage_outputs` runs the model once and keeps each
+stage's output with the seed's line for it (``Sequential output shape:\\t torch.Size([...])``).
+
+:func:`grad_cam` is Selvaraju et al.'s Grad-CAM on one stage: the stage's activations A,
+weighted per channel by the mean over positions of d(score of the target class)/dA, summed over
+channels, ReLU'd, resized (bilinear) to the input and scaled to [0, 1] per image. It answers
+"where did the evidence for this class lie", at the stage's resolution (4x4 for resnet18's last
+stage at 32 px with the small stem; choose an earlier stage for finer maps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ResnetlabError
+
+
+def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's stages, in order (a model without ``stages()`` is not one of ours)."""
+    if not hasattr(model, "stages"):
+        raise ResnetlabError(f"{type(model).__name__} does not name its stages; use a resnetlab model")
+    return model.stages()
+
+
+def find_stage(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
+    """The stage called ``name`` (None: the last), or a one-line error listing the names."""
+    stages = named_stages(model)
+    if name is None:
+        return stages[-1]
+    for found in stages:
+        if found[0] == name:
+            return found
+    raise ResnetlabError(f"--stage {name!r} is not a stage of this model; its stages are {', '.join(n for n, _ in stages)}")
+
+
+@dataclass
+class StageOutput:
+    """One stage's output for a batch, and the seed's line for it."""
+
+    name: str
+    output: torch.Tensor  # [N, C, H, W], detached, on the CPU, float32
+    line: str  # as the seed prints it: "Sequential output shape:\t torch.Size([1, 64, 64, 64])"
+
+
+@torch.no_grad()
+def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[StageOutput]:
+    """Run ``model`` on ``x`` once (eval mode) and return every stage's output."""
+    found: list[StageOutput] = []
+    hooks = []
+    for name, module in named_stages(model):
+        def keep(mod, inputs, output, name=name):
+            found.append(StageOutput(name, output.detach().float().cpu(),
+                                     f"{type(mod).__name__} output shape:\t {output.shape}"))
+        hooks.append(module.register_forward_hook(keep))
+    was_training = model.training
+    model.eval()
+    try:
+        model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return found
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None,
+             stage: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grad-CAM heatmaps [N, H, W] in [0, 1] at ``x``'s size for class ``target`` [N] (None: the top class), and the logits.
+
+    The model runs in eval mode; its parameters are not changed and their gradients are left as
+    they were.
+    """
+    _, module = find_stage(model, stage)
+    kept: dict[str, torch.Tensor] = {}
+    hook = module.register_forward_hook(lambda mod, inputs, output: kept.update(a=output))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            # The input asks for gradients so the activations have them even when the weights do not
+            # (a frozen backbone); torch.autograd.grad leaves the parameters' .grad untouched.
+            logits = model(x.detach().requires_grad_(True)).float()
+            chosen = logits.argmax(1) if target is None else target.to(logits.device)
+            score = logits.gather(1, chosen.view(-1, 1)).sum()
+            activations = kept["a"]
+            (gradients,) = torch.autograd.grad(score, activations)
+    finally:
+        hook.remove()
+        model.train(was_training)
+    weights = gradients.float().mean((2, 3), keepdim=True)
+    cam = F.relu((weights * activations.detach().float()).sum(1, keepdim=True))
+    cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+    return (cam / peak).clamp(0, 1).cpu(), logits.detach().cpu()
+
+
+def _model_and_input(source: str, image: str | None, input_size: tuple[int, int, int, int] | None):
+    """(model, uint8 image [C, H, W] as shown, model input [1, C, H, W], what the title says about the weights).
+
+    ``source`` is a weight file (trained weights, its own preprocessing) or a model name (random
+    weights; the image is only scaled to [0, 1], as the seed's ``torch.rand`` input is).
+    """
+    from pathlib import Path
+
+    from .models import create_model, model_spec
+
+    if source.endswith(".safetensors") or Path(source).is_file():
+        from .classifier import load
+
+        clf = load(source)
+        if image is None:
+            raise ResnetlabError("an IMAGE is needed with a weight file (a model name alone draws random input)")
+        pixels = clf.to_uint8(image)
+        return clf.model, pixels, clf.prepare([pixels]), f"{clf.header.model}, trained ({Path(source).name})"
+    spec = model_spec(source)  # an unknown name is a one-line error listing the models
+    model = create_model(source).eval()
+    n, c, h, w = input_size or (1, model.in_channels, spec.image_size, spec.image_size)
+    if c != model.in_channels:
+        raise ResnetlabError(f"--input-size has {c} channel(s) but {source} takes {model.in_channels}; use N,{model.in_channels},H,W")
+    if image is None:
+        x = torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(0))  # as the seed's X = torch.rand(...)
+        pixels = (x[0] * 255).round().to(torch.uint8)
+    else:
+        from .images import read_image
+
+        pixels = read_image(image, c, None)
+        x = F.interpolate(pixels[None].float() / 255, size=(h, w), mode="bilinear", align_corners=False)
+        pixels = (x[0] * 255).round().clamp(0, 255).to(torch.uint8)
+    return model, pixels, x, f"{source}, random weights (untrained)"
+
+
+def save_maps(source: str, image: str | None, out: str, input_size: tuple[int, int, int, int] | None = None,
+              log=print) -> list[StageOutput]:
+    """``resnetlab maps``: the input and each stage's strongest channels in one PNG; returns the stage outputs."""
+    from .pictures import save_stage_maps
+
+    model, pixels, x, weights = _model_and_input(source, image, input_size)
+    outputs = stage_outputs(model, x)
+    save_stage_maps(out, pixels, [(o.name, o.line, o.output[0]) for o in outputs], title=weights)
+    for o in outputs:
+        log(o.line)
+    log(f"wrote {out}: the input and the 8 strongest channels of each of {len(outputs)} stages")
+    return outputs
+
+
+def explain_files(checkpoint: str, images: list[str], out: str, *, target: str | None = None, stage: str | None = None,
+                  top_k: int = 3, log=print) -> list[str]:
+    """``resnetlab explain``: one PNG per image (the image beside its Grad-CAM), and ``sheet.png`` for several."""
+    from pathlib import Path
+
+    from .classifier import load
+    from .images import find_images
+    from .pictures import save_explanation, save_explanation_sheet
+
+    clf = load(checkpoint)
+    stage_name, _ = find_stage(clf.model, stage)
+    if target is not None:
+        clf.class_index(target)  # a class the checkpoint lacks: one line, before any image is read
+    files = find_images(images)
+    if not files:
+        raise ResnetlabError(f"no image files in {' '.join(images)}; give image files or folders holding them")
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"--out {folder}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    pixels = [clf.to_uint8(path) for path in files]  # a bad file: one line naming it (ImageError)
+    heatmaps = clf.explain(pixels, target, stage=stage_name)
+    predictions = clf.predict(pixels, top_k=top_k)
+    shown = [F.interpolate(p[None].float(), size=(clf.image_size, clf.image_size), mode="bilinear",
+                           align_corners=False)[0].round().clamp(0, 255).to(torch.uint8) for p in pixels]
+    written, titles = [], []
+    for path, image, heatmap, prediction in zip(files, shown, heatmaps, predictions):
+        about = target if target is not None else prediction.label
+        titles.append(f"{path.name}: {about}")
+        name = folder / f"{path.stem}.explain.png"
+        save_explanation(name, image, heatmap, f"Grad-CAM at {stage_name}: {about}", prediction.top)
+        written.append(str(name))
+        log(f"{path}\t" + "\t".join(f"{c} {p:.3f}" for c, p in prediction.top) + f"\t-> {name}")
+    if len(files) > 1:
+        save_explanation_sheet(folder / "sheet.png", shown, heatmaps, titles)
+        written.append(str(folder / "sheet.png"))
+        log(f"wrote {folder / 'sheet.png'}: all {len(files)} images")
+    return written

@@ -1,0 +1,175 @@
+"""The weight file format: safetensors with a typed header that knows the model and its preprocessing.
+
+A ``.safetensors`` file written by training holds the model's state dict, and in its header
+(strings only, JSON where structured) everything needed to use it without the run: the model
+name and builder arguments, the class names, how an image becomes the model's input
+(:class:`Preprocess`, as torchvision's ``weights.transforms()``), the precision the run
+computed in, the preset, the epoch and its metrics, the run's whole config and the versions
+that wrote it. :class:`WeightsHeader` is the one owner of that header: training writes it,
+``resnetlab.load``, ``eval`` and ``export`` read it. Files are written atomically; reading one
+never unpickles anything, and nothing here imports the training engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ResnetlabError, first_line
+from .fileio import atomic_path
+from .version import __version__
+
+FORMAT = "resnetlab.weights/1"
+
+
+def versions() -> dict[str, str]:
+    """Versions of the software that writes a file."""
+    return {"resnetlab": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input, exactly as in training.
+
+    ``channels`` (1 gray, 3 RGB); ``stored_size``: the side images were brought to with Pillow
+    (bilinear) when the data were read (class folders; None: they went straight to the model);
+    ``size``: the model's input side (a bilinear resize of the uint8 batch); ``mean``/``std``:
+    the per-channel standardisation of pixels in [0, 1] (None: only scaled).
+    """
+
+    channels: int
+    size: int
+    stored_size: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images [N, C, H, W] (at ``stored_size``) -> the model's float input [N, C, size, size]."""
+        from .data.loader import to_model_input
+
+        shape = (1, self.channels, 1, 1)
+        mean = torch.tensor(self.mean, device=images.device).view(shape) if self.mean is not None else None
+        std = torch.tensor(self.std, device=images.device).view(shape) if self.std is not None else None
+        return to_model_input(images, self.size, mean, std)
+
+
+@dataclass
+class WeightsHeader:
+    """What a weight file says about its weights (see the module)."""
+
+    model: str
+    model_args: dict[str, Any]
+    class_names: list[str]
+    preprocess: Preprocess
+    precision: str = "fp32"  # what the run computed in
+    preset: str = ""
+    epoch: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=versions)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def trained_on(self) -> str | None:
+        """The data folder the run was trained on (None: the default Fashion-MNIST)."""
+        return self.config.get("data")
+
+    def to_strings(self) -> dict[str, str]:
+        """The header as safetensors metadata (strings)."""
+        p = self.preprocess
+        values: dict[str, Any] = {
+            "model": self.model, "model_args": self.model_args, "in_channels": p.channels,
+            "num_classes": self.num_classes, "class_names": self.class_names, "input_size": [p.channels, p.size, p.size],
+            "stored_size": p.stored_size,
+            "normalization": {"mean": list(p.mean), "std": list(p.std)} if p.mean is not None else None,
+            "precision": self.precision, "preset": self.preset, "epoch": self.epoch, "metrics": self.metrics,
+            "config": self.config, "versions": self.versions,
+        }
+        return {"format": FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}}
+
+    @classmethod
+    def from_strings(cls, raw: dict[str, str], path: Path) -> "WeightsHeader":
+        """Decode a header read from ``path``; a foreign or damaged one raises :class:`ResnetlabError`."""
+        if raw.get("format") != FORMAT:
+            raise ResnetlabError(f"{path}: not a resnetlab weight file (no '{FORMAT}' header)")
+
+        def value(key: str, default: Any = KeyError) -> Any:
+            if key not in raw:
+                if default is KeyError:
+                    raise ResnetlabError(f"{path}: the header lacks '{key}'; it was not written by resnetlab's training")
+                return default
+            text = raw[key]
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text  # a plain string (older files wrote model and preset unquoted)
+
+        channels, size, _ = value("input_size")
+        norm = value("normalization", None)
+        stored = value("stored_size", None)
+        preprocess = Preprocess(
+            channels=int(channels), size=int(size), stored_size=int(stored) if stored else None,
+            mean=tuple(norm["mean"]) if norm else None, std=tuple(norm["std"]) if norm else None,
+        )
+        config = value("config", {}) or {}
+        epoch = value("epoch", None)
+        return cls(
+            model=str(value("model")), model_args=value("model_args"), class_names=list(value("class_names")),
+            preprocess=preprocess, precision=str(value("precision", config.get("precision", "fp32"))),
+            preset=str(value("preset", "")), epoch=int(epoch) if epoch not in (None, "") else None,
+            metrics=value("metrics", {}) or {}, config=config, versions=value("versions", {}) or {},
+        )
+
+
+def save_weights(path: str | os.PathLike[str], state: dict[str, torch.Tensor], header: WeightsHeader) -> None:
+    """Write a state dict with its header to ``path`` as safetensors, atomically."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header.to_strings())
+
+
+def read_header(path: str | os.PathLike[str]) -> WeightsHeader:
+    """Read only the header of a weight file."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except FileNotFoundError:
+        raise ResnetlabError(f"{path}: no such file") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ResnetlabError(f"{path}: not a safetensors weight file ({exc})") from None
+    return WeightsHeader.from_strings(raw, path)
+
+
+def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], WeightsHeader]:
+    """The state dict and header of a resnetlab weight file."""
+    header = read_header(path)
+    try:
+        return load_file(str(path)), header
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ResnetlabError(f"{path}: damaged safetensors file ({exc})") from None
+
+
+def build_model(path: str | os.PathLike[str]) -> tuple[nn.Module, WeightsHeader]:
+    """Rebuild the model a weight file describes and load its weights (float32, CPU, eval mode)."""
+    from .models import create_model
+
+    state, header = load_weights(path)
+    try:
+        model = create_model(header.model, **header.model_args)
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        raise ResnetlabError(f"{path}: the weights do not fit the model its header names ({first_line(exc)})") from None
+    return model.float().eval(), header
