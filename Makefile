@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup data test train clean
+.PHONY: setup data test test-quick train clean
 
 setup: $(STAMP)
 
@@ -22,11 +22,16 @@ $(STAMP): pyproject.toml
 data:
 	@bash scripts/ensure-data.sh
 
+# Everything (about 7 minutes on 2 cores); CI runs this.
 test: setup
 	@bash scripts/ensure-data.sh --optional
 	$(BIN)/python -m pytest -q
 
-# The default run: preset `cpu` without a GPU (8.5 to 9 minutes on 2 cores), `fast` with one.
+# Under a minute on 2 cores: every module, none of the tests that train for long or start processes.
+test-quick: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# The default run: preset `cpu` without a GPU (a 10-minute budget, start to end, on any CPU), `fast` with one.
 train: setup data
 	$(BIN)/resnetlab train
 

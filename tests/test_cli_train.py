@@ -31,6 +31,7 @@ def test_train_end_to_end_subprocess(tiny_data, tmp_path):
     assert (out / "best.safetensors").exists() and (out / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_default_run_folder_and_latest_link(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(tiny_data), *TINY]) == 0
@@ -39,6 +40,7 @@ def test_default_run_folder_and_latest_link(tiny_data, tmp_path, monkeypatch):
     assert latest.resolve().name.endswith("-resnet18")
 
 
+@pytest.mark.slow
 def test_config_file_and_flag_precedence(tiny_data, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"preset: d2l\ndata: {tiny_data}\nepochs: 3\nlimit_train: 300\nlimit_test: 50\nimage_size: 28\n")

@@ -33,6 +33,7 @@ def quiet(_):
     pass
 
 
+@pytest.mark.slow
 def test_loss_falls_on_512_images(real_data, tmp_path):
     # The real Fashion-MNIST, its first 512 training images, 4 epochs (32 steps at lr 0.05) on the CPU.
     config = plain_config(
@@ -72,6 +73,7 @@ def test_recalibrated_statistics_are_the_average_of_the_batch_statistics():
     assert bn.momentum == 0.1 and not model.training  # put back as they were
 
 
+@pytest.mark.slow
 def test_learns_tiny_data(tiny_data, tmp_path):
     result = fit(tiny(tiny_data, tmp_path, epochs=4, flip=True), log=quiet)  # a crop would blur the 2-px class bands
     losses = [row["train_loss"] for row in result.history]
@@ -157,6 +159,7 @@ def test_config_rejects_bad_values(tmp_path):
         load_config_file(bad)
 
 
+@pytest.mark.slow
 def test_run_folder(tiny_data, tmp_path):
     config = tiny(tiny_data, tmp_path, test_each_epoch=True, ema_decay=0.9, tta=True, label_smoothing=0.1,
                   schedule="onecycle", warmup_epochs=1, grad_clip=5.0, nesterov=True)
@@ -188,12 +191,14 @@ def test_run_folder(tiny_data, tmp_path):
     assert json.loads((run / "results.json").read_text())["test_acc"] == result.test_acc
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run(tiny_data, tmp_path):
     fit(tiny(tiny_data, tmp_path, epochs=1), log=quiet)
     with pytest.raises(ResnetlabError, match="already holds a run"):
         fit(tiny(tiny_data, tmp_path, epochs=1), log=quiet)
 
 
+@pytest.mark.slow
 def test_best_epoch_follows_validation_not_test(tmp_path):
     # A class folder whose val/ labels are all moved to the next class: the better the model, the worse its
     # validation accuracy, while test accuracy rises. Validation and test then choose different epochs, and
@@ -220,6 +225,7 @@ def test_best_epoch_follows_validation_not_test(tmp_path):
     assert result.test_acc == test_by_epoch[result.best_epoch - 1] < max(test_by_epoch)  # reported, never chosen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fashion-mnist", "folder"])
 def test_the_library_and_the_command_line_train_the_same(kind, tiny_data, tmp_path):
     from conftest import write_shape_folder
@@ -238,3 +244,45 @@ def test_the_library_and_the_command_line_train_the_same(kind, tiny_data, tmp_pa
     assert configs[0]["preset"] == ("cpu" if kind == "fashion-mnist" else "folder")
     a, b = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("cli", "lib"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resnetlab_train_prints_lines_outside_a_notebook(tiny_data, tmp_path, capsys):
+    import resnetlab
+
+    result = resnetlab.train(data=str(tiny_data), model="resnet18", image_size=28, val_split=100, limit_train=200,
+                             batch_size=50, epochs=1, lr=0.02, precision="fp32", out=str(tmp_path / "run"))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "no --preset given: using 'cpu' (no CUDA GPU)"  # decided as `resnetlab train` decides
+    assert any(line.startswith("epoch 1/1 ") for line in out)
+    assert result.run_dir == tmp_path / "run" and (result.run_dir / "best.safetensors").exists()
+    assert len(result.history) == 1
+
+
+@pytest.mark.slow
+def test_resnetlab_train_in_a_notebook_redraws_one_figure(tiny_data, tmp_path, monkeypatch):
+    import resnetlab.training as training
+
+    shown = []
+
+    class Handle:
+        def update(self, image):
+            shown.append(("update", image))
+
+    def display(image, display_id):
+        assert display_id is True
+        shown.append(("display", image))
+        return Handle()
+
+    made, real = [], training.LiveCurves
+
+    def live(title):
+        curves = real(title, display=display, image=lambda data: data)
+        made.append(curves)
+        return curves
+
+    monkeypatch.setattr(training, "in_notebook", lambda: True)
+    monkeypatch.setattr(training, "LiveCurves", live)
+    training.train(data=str(tiny_data), model="resnet18", image_size=28, val_split=100, limit_train=100,
+                   batch_size=50, epochs=2, lr=0.02, precision="fp32", out=str(tmp_path / "run"))
+    assert len(made) == 1 and [kind for kind, _ in shown] == ["display", "update"]  # one figure, redrawn in place
+    assert all(image[:4] == b"\x89PNG" for _, image in shown)

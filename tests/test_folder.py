@@ -47,6 +47,7 @@ def test_single_level_folder_is_split_stratified(tmp_path):
     assert gray.train.images.shape[1:] == (1, 24, 24)
 
 
+@pytest.mark.slow
 def test_shapes_train_to_high_accuracy_and_travel_to_eval_and_predict(shapes_split, tmp_path, capsys):
     out = tmp_path / "run"
     # 16 px keeps it to seconds on two cores; AdamW learns these shapes in a few dozen steps.
@@ -197,6 +198,7 @@ def test_init_refuses_a_hostile_pth(tmp_path, capsys, tiny_data):
     one_line_error(capsys, ["train", "--init", str(tmp_path / "absent.pth")], "--init", "no such file")
 
 
+@pytest.mark.slow
 def test_freeze_backbone_trains_only_the_head(shapes_split, tmp_path):
     _tiny_fmnist_checkpoint(tmp_path / "start.safetensors")
     out = tmp_path / "run"
@@ -216,6 +218,7 @@ def test_show_data_of_a_class_folder(shapes_split, tmp_path, capsys):
     assert out.read_bytes()[:4] == b"\x89PNG" and "the first 9 train images" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_eval_of_a_single_level_folder_uses_the_runs_validation_split(tmp_path, capsys):
     root = write_shape_folder(tmp_path / "d", per_class=12)
     out = tmp_path / "run"

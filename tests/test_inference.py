@@ -131,6 +131,7 @@ def test_bad_checkpoints_and_flags(ckpt, tmp_path, capsys):
     one_line_error(capsys, ["export", str(ckpt), "--out", str(tmp_path / "no" / "m.onnx")], "does not exist")
 
 
+@pytest.mark.slow
 def test_export_onnx_matches_pytorch(ckpt, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
@@ -183,6 +184,7 @@ def test_show_data_and_plot(trained, tiny_data, tmp_path, capsys):
     one_line_error(capsys, ["plot", str(tmp_path)], "metrics.csv", "cannot read it")
 
 
+@pytest.mark.slow
 def test_eval_of_a_three_channel_fashion_mnist_run(tiny_data, tmp_path, capsys):
     # --channels 3 repeats the gray channel in training; eval must feed the test images the same way.
     out = tmp_path / "run"

@@ -162,6 +162,7 @@ def test_nonfinite_loss_stops_with_exit_3_and_keeps_the_good_state(tiny_data, tm
     assert json.loads((run / "config.json").read_text())["skip_nonfinite"] is True
 
 
+@pytest.mark.slow
 def test_resume_before_the_first_save_starts_over(tiny_data, tmp_path):
     first, second = tmp_path / "a", tmp_path / "b"
     assert main(tiny_args(tiny_data, first, "--epochs", "1")) == 0
@@ -174,6 +175,7 @@ def test_resume_before_the_first_save_starts_over(tiny_data, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_resume_defaults_to_runs_latest(tiny_data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = tiny_args(tiny_data, "x", "--epochs", "1")
@@ -187,8 +189,9 @@ def test_resume_defaults_to_runs_latest(tiny_data, tmp_path, monkeypatch, capsys
     assert (target / "results.json").exists()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def finished_run(tiny_data, tmp_path_factory):
+    """One finished one-epoch run for the tests that only read it or copy it first."""
     run = tmp_path_factory.mktemp("finished") / "run"
     assert main(tiny_args(tiny_data, run, "--epochs", "1")) == 0
     return run
@@ -290,6 +293,7 @@ def _fail_after(real, calls: int, path_part: str):
     return save
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_state_save(tiny_data, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     # The 4th state save (steps 1, 2, 3 saved; step 4 fails) runs out of space half-way.
@@ -302,6 +306,7 @@ def test_disk_full_during_a_state_save(tiny_data, tmp_path, capsys, monkeypatch)
     assert main(["train", "--resume", str(run)]) == 0  # space freed: the run goes on
 
 
+@pytest.mark.slow
 def test_disk_full_during_a_weights_save(tiny_data, tmp_path, capsys, monkeypatch):
     import resnetlab.weights as weights
 

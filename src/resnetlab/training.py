@@ -23,18 +23,20 @@ def in_notebook() -> bool:
 class LiveCurves:
     """The run's curves as one figure in the notebook, redrawn after every epoch (``display(..., display_id=True)``)."""
 
-    def __init__(self, title: str = "", display: Callable[..., Any] | None = None) -> None:
-        if display is None:
-            from IPython.display import display
-        self.title, self.display, self.handle = title, display, None
+    def __init__(self, title: str = "", display: Callable[..., Any] | None = None,
+                 image: Callable[..., Any] | None = None) -> None:
+        # IPython's display() and Image by default; tests pass their own (IPython is not a dependency).
+        if display is None or image is None:
+            from IPython.display import Image, display as show
+
+            display, image = display or show, image or Image
+        self.title, self.display, self.image, self.handle = title, display, image, None
 
     def __call__(self, history: list[dict]) -> None:
-        from IPython.display import Image
-
         from .engine.metrics import curves_figure
         from .pictures import png_bytes
 
-        image = Image(data=png_bytes(curves_figure(history, self.title), dpi=100))
+        image = self.image(data=png_bytes(curves_figure(history, self.title), dpi=100))
         if self.handle is None:
             self.handle = self.display(image, display_id=True)
         else:
