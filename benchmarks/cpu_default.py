@@ -70,8 +70,9 @@ def main() -> None:
         if reached is None and test is not None and test >= args.target:
             reached = (int(row["epoch"]), elapsed)
     steps = config.get("max_steps")
+    per_epoch = (60_000 - config["val_split"]) // config["batch_size"]  # training steps per epoch (the last partial batch dropped)
     print(f"\nwhole command (start-up, data, training, evaluation, files): {wall:.1f} s; budget {config['time_budget']:g} min"
-          + (f", bought {steps} steps of {config['epochs']} epochs' {config['epochs'] * 214}" if steps else ""))
+          + (f", bought {steps} steps of the {config['epochs']} epochs' {config['epochs'] * per_epoch}" if steps else ""))
     print(f"final test acc (weights chosen on validation, epoch {results['best_epoch']}): {results['test_acc']:.4f}")
     if args.test_each_epoch:
         print(f"time to {args.target} test accuracy: "

@@ -31,10 +31,14 @@ def describe(device: str) -> str:
     except OSError:
         pass
     forced = os.environ.get("RESNETLAB_CPU_BF16")
+    # Set, these make an AVX-512 machine run as an AVX2-only one (a stand-in for the slow CPU kind).
+    limits = [f"{name}={os.environ[name]}" for name in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+              if name in os.environ]
     lines = [
         f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"cpu: {cpu} [{' '.join(cpu_flags()) or 'no avx2'}], {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}"
         + (f", RESNETLAB_CPU_BF16={forced}" if forced else ""),
+        f"torch CPU kernels: {torch.backends.cpu.get_cpu_capability()}" + (f" ({', '.join(limits)})" if limits else ""),
     ]
     if device.startswith("cuda") and torch.cuda.is_available():
         lines.append(f"gpu: {torch.cuda.get_device_name(0)}")

@@ -138,3 +138,15 @@ def test_explain_from_python_for_three_channel_models(tmp_path):
     maps = clf.explain([torch.randint(0, 255, (3, 16, 16), dtype=torch.uint8)] * 2)
     assert maps.shape == (2, 16, 16) and maps.dtype == torch.float32
     assert clf.explain([torch.zeros(3, 16, 16, dtype=torch.uint8)], target=0, stage="layer3").shape == (1, 16, 16)
+
+
+def test_the_default_grad_cam_stage_is_the_last_with_maps_of_at_least_4x4():
+    from resnetlab import create_model
+    from resnetlab.explain import default_stage
+
+    seed_net = create_model("d2l_resnet18").eval()
+    assert default_stage(seed_net, torch.zeros(1, 1, 28, 28)) == "b3"  # b4 is 2x2, b5 1x1 at 28 px
+    assert default_stage(seed_net, torch.zeros(1, 1, 96, 96)) == "b4"  # b5 is 3x3 at the book's 96 px
+    small = create_model("resnet18", in_channels=1, num_classes=3, stem="small").eval()
+    assert default_stage(small, torch.zeros(1, 1, 32, 32)) == "layer4"  # 4x4
+    assert default_stage(seed_net, torch.zeros(1, 1, 8, 8)) == "b1"  # nothing reaches 4x4: the first stage

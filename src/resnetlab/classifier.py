@@ -95,7 +95,7 @@ class Classifier:
         """Grad-CAM heatmaps [N, H, W] in [0, 1] at the model's input size: where the evidence for ``target`` lay.
 
         ``target`` is a class name or index (None: each image's top class); ``stage`` a stage name
-        (None: the last; see ``model.stages()``). See :func:`resnetlab.explain.grad_cam`.
+        (None: the last whose maps are at least 4x4; see ``model.stages()``). See :func:`resnetlab.explain.grad_cam`.
         """
         from .explain import grad_cam
 

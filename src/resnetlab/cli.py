@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models and their natural image sizes")
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("train", help="train a model on Fashion-MNIST (presets: d2l, cpu, fast, best)")
+    p = sub.add_parser("train", help="train a model on Fashion-MNIST or your class folders (presets: d2l, cpu, fast, best, folder)")
     from .engine.train_config import add_train_arguments
 
     p.add_argument("--resume", nargs="?", const="runs/latest", metavar="RUN_DIR",
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders searched for images")
     p.add_argument("--class", dest="target", metavar="NAME", help="the class to explain (default: each image's top class)")
-    p.add_argument("--stage", metavar="NAME", help="the stage whose activations are used (default: the last: b5 or layer4)")
+    p.add_argument("--stage", metavar="NAME", help="the stage whose activations are used (default: the last whose maps are at least 4x4)")
     p.add_argument("--top-k", type=int, default=3, help="classes listed under each picture (default: 3)")
     p.add_argument("--out", metavar="DIR", default="explain", help="folder for one PNG per image and sheet.png (default: explain)")
     p.set_defaults(func=_cmd_explain)

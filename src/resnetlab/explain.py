@@ -8,7 +8,10 @@ stage's output with the seed's line for it (``Sequential output shape:\\t torch.
 weighted per channel by the mean over positions of d(score of the target class)/dA, summed over
 channels, ReLU'd, resized (bilinear) to the input and scaled to [0, 1] per image. It answers
 "where did the evidence for this class lie", at the stage's resolution (4x4 for resnet18's last
-stage at 32 px with the small stem; choose an earlier stage for finer maps).
+stage at 32 px with the small stem; choose an earlier stage for finer maps). By default it uses
+the last stage whose maps are at least 4x4 (:func:`default_stage`): the seed's network at 28 px
+ends in 1x1 maps, where Grad-CAM can only paint the whole image one colour, and its 2x2 maps in
+b4 light a quadrant; b3's 4x4 maps pick out a collar or a sole.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ResnetlabError
+
+# The smallest map side (positions) that a default Grad-CAM stage may have.
+MIN_CAM_SIDE = 4
 
 
 def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -38,6 +44,14 @@ def find_stage(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:
         if found[0] == name:
             return found
     raise ResnetlabError(f"--stage {name!r} is not a stage of this model; its stages are {', '.join(n for n, _ in stages)}")
+
+
+@torch.no_grad()
+def default_stage(model: nn.Module, x: torch.Tensor) -> str:
+    """The last stage whose maps for ``x``'s size are at least :data:`MIN_CAM_SIDE` on each side (else the first stage)."""
+    outputs = stage_outputs(model, torch.zeros_like(x[:1]))
+    wide = [o.name for o in outputs if min(o.output.shape[-2:]) >= MIN_CAM_SIDE]
+    return wide[-1] if wide else outputs[0].name
 
 
 @dataclass
@@ -74,10 +88,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
              stage: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Grad-CAM heatmaps [N, H, W] in [0, 1] at ``x``'s size for class ``target`` [N] (None: the top class), and the logits.
 
-    The model runs in eval mode; its parameters are not changed and their gradients are left as
-    they were.
+    ``stage`` None: :func:`default_stage`. The model runs in eval mode; its parameters are not
+    changed and their gradients are left as they were.
     """
-    _, module = find_stage(model, stage)
+    _, module = find_stage(model, stage if stage is not None else default_stage(model, x))
     kept: dict[str, torch.Tensor] = {}
     hook = module.register_forward_hook(lambda mod, inputs, output: kept.update(a=output))
     was_training = model.training
@@ -160,7 +174,8 @@ def explain_files(checkpoint: str, images: list[str], out: str, *, target: str |
     from .pictures import save_explanation, save_explanation_sheet
 
     clf = load(checkpoint)
-    stage_name, _ = find_stage(clf.model, stage)
+    probe = torch.zeros(1, clf.channels, clf.image_size, clf.image_size, device=clf.device)
+    stage_name, _ = find_stage(clf.model, stage) if stage is not None else (default_stage(clf.model, probe), None)
     if target is not None:
         clf.class_index(target)  # a class the checkpoint lacks: one line, before any image is read
     files = find_images(images)

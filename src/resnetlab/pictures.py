@@ -56,7 +56,8 @@ def save_stage_maps(path: str | os.PathLike[str], image: torch.Tensor, stages: S
                     title: str, per_stage: int = 8) -> None:
     """The input, then for each stage (name, the seed's shape line, maps [C, h, w]) its ``per_stage`` strongest channels.
 
-    Channels are ranked by their mean activation; each map is scaled to its own range.
+    Channels are ranked by their mean activation; each map is scaled to its own range, except maps
+    of one position (the seed's b5 at 28 px), which share the stage's range and show their value.
     """
     fig = figure(1.3 * per_stage, 1.55 * (len(stages) + 1) + 0.4)
     rows = fig.subfigures(len(stages) + 1, 1)
@@ -69,11 +70,15 @@ def save_stage_maps(path: str | os.PathLike[str], image: torch.Tensor, stages: S
     for row, (name, line, maps) in zip(rows[1:], stages):
         row.suptitle(f"{name}: {line.replace(chr(9), ' ')}", fontsize=8, x=0.01, ha="left")
         strongest = maps.flatten(1).mean(1).argsort(descending=True)[:per_stage]
+        single = maps.shape[-1] * maps.shape[-2] == 1  # one value per channel: its own range would be empty
+        top_value = float(maps.max().clamp_min(1e-12))
         for ax, channel in zip(row.subplots(1, per_stage), [*strongest.tolist(), *[None] * per_stage]):
             ax.axis("off")
             if channel is not None:
-                ax.imshow(maps[channel].numpy(), cmap="viridis", interpolation="nearest")
-                ax.set_title(f"ch {channel}", fontsize=6)
+                scale = dict(vmin=min(0.0, float(maps.min())), vmax=top_value) if single else {}
+                ax.imshow(maps[channel].numpy(), cmap="viridis", interpolation="nearest", **scale)
+                value = f" = {float(maps[channel].flatten()[0]):.2f}" if single else ""
+                ax.set_title(f"ch {channel}{value}", fontsize=6)
     save_figure(fig, path, dpi=110)
 
 
