@@ -126,7 +126,7 @@ def test_skip_mode_skips_each_bad_step_and_applies_the_rest():
     assert _equal(_snapshot(skipping), _snapshot(reference))
 
 
-def test_fp16_overflow_is_the_scalers_business_not_a_bad_step():
+def test_fp16_overflow_is_the_scalers_business_not_a_bad_step(tmp_path):
     # fp16 autocast on the CPU exists in PyTorch for testing; the command line refuses it (no fast kernels).
     training = _training(ema=False, precision="fp16")
     training.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)  # every gradient overflows at first
@@ -136,7 +136,11 @@ def test_fp16_overflow_is_the_scalers_business_not_a_bad_step():
     assert out.applied and training.guard.read() == (False, -1, 0, False)  # judged good: no exit 3
     assert _equal(dict(training.model.named_parameters()), before)  # but the overflowing update was skipped ...
     assert training.scaler.get_scale() == 2.0**99  # ... and the scale lowered
-    state = training.scaler.state_dict()
+    # The scale travels through train_state.pt, so a resumed fp16 run goes on with it.
+    from resnetlab.engine.state import Progress, load_train_state, restore_train_state, save_train_state
+
+    save_train_state(tmp_path / "train_state.pt", training, Progress(), None, {}, "data")
     again = _training(ema=False, precision="fp16")
-    again.scaler.load_state_dict(state)
-    assert again.scaler.get_scale() == 2.0**99
+    again.scaler = torch.amp.GradScaler("cpu")
+    restore_train_state(load_train_state(tmp_path / "train_state.pt"), again)
+    assert again.scaler.get_scale() == 2.0**99 and again.scaler.state_dict() == training.scaler.state_dict()
