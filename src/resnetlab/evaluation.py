@@ -165,14 +165,13 @@ def evaluate_checkpoint(
     if len(worst):
         titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
         if explain:  # what the model looked at for the class it wrongly chose
-            from .explain import grad_cam
+            from .explain import as_seen, grad_cam
             from .pictures import save_explanation_sheet
 
             model.float().to(memory_format=torch.contiguous_format)
             x = pre(test.images[worst].to(dev)).float()
             heatmaps, _ = grad_cam(model, x, preds[worst].to(dev))
-            shown = [F.interpolate(i[None].float(), size=(pre.size, pre.size), mode="bilinear",
-                                   align_corners=False)[0].round().clamp(0, 255).to(torch.uint8) for i in test.images[worst]]
+            shown = as_seen(test.images[worst], pre.size)
             save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
                                    title_colors=["firebrick"] * len(worst))
         else:

@@ -115,6 +115,13 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
     return (cam / peak).clamp(0, 1).cpu(), logits.detach().cpu()
 
 
+def as_seen(images, size: int) -> list[torch.Tensor]:
+    """uint8 images [C, H, W] resized as the model's input is (``to_model_input``), back to uint8 for drawing heatmaps over."""
+    from .data.loader import to_model_input
+
+    return [(to_model_input(image[None].cpu(), size)[0] * 255).round().clamp(0, 255).to(torch.uint8) for image in images]
+
+
 def _model_and_input(source: str, image: str | None, input_size: tuple[int, int, int, int] | None):
     """(model, uint8 image [C, H, W] as shown, model input [1, C, H, W], what the title says about the weights).
 
@@ -189,8 +196,7 @@ def explain_files(checkpoint: str, images: list[str], out: str, *, target: str |
     pixels = [clf.to_uint8(path) for path in files]  # a bad file: one line naming it (ImageError)
     heatmaps = clf.explain(pixels, target, stage=stage_name)
     predictions = clf.predict(pixels, top_k=top_k)
-    shown = [F.interpolate(p[None].float(), size=(clf.image_size, clf.image_size), mode="bilinear",
-                           align_corners=False)[0].round().clamp(0, 255).to(torch.uint8) for p in pixels]
+    shown = as_seen(pixels, clf.image_size)
     written, titles = [], []
     for path, image, heatmap, prediction in zip(files, shown, heatmaps, predictions):
         about = target if target is not None else prediction.label
