@@ -3,18 +3,8 @@
 import torch
 from torch import nn
 
+from helpers import SEED_TRACE
 from resnetlab import Residual, d2l_resnet18, resnet_block
-
-# Cell 6 of shared/seed/000_283b2a181a464ce9.txt, character for character.
-SEED_TRACE = """\
-Sequential output shape:\t torch.Size([1, 64, 64, 64])
-Sequential output shape:\t torch.Size([1, 64, 64, 64])
-Sequential output shape:\t torch.Size([1, 128, 32, 32])
-Sequential output shape:\t torch.Size([1, 256, 16, 16])
-Sequential output shape:\t torch.Size([1, 512, 8, 8])
-AdaptiveAvgPool2d output shape:\t torch.Size([1, 512, 1, 1])
-Flatten output shape:\t torch.Size([1, 512])
-Linear output shape:\t torch.Size([1, 10])"""
 
 
 def test_residual_same_shape():

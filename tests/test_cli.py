@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import one_line_error
+from helpers import one_line_error
 from resnetlab.cli import main
-from test_blocks import SEED_TRACE
-from test_models import every_model
+from helpers import SEED_TRACE
+from helpers import every_model
 
 
 def run_cli(*args):

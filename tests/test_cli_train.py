@@ -8,11 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import one_line_error, write_idx
+from helpers import one_line_error, write_idx
 from resnetlab.cli import main
 
+# The cpu preset (no --preset on a CPU) without its time budget: no test's outcome may depend on the machine's speed.
 TINY = ["--model", "resnet18", "--image-size", "28", "--val-split", "100", "--limit-train", "300",
-        "--batch-size", "50", "--epochs", "1", "--lr", "0.02", "--precision", "fp32"]
+        "--batch-size", "50", "--epochs", "1", "--lr", "0.02", "--precision", "fp32", "--time-budget", "0"]
 
 
 def test_train_end_to_end_subprocess(tiny_data, tmp_path):
@@ -148,3 +149,16 @@ def test_unreadable_data_file(tiny_data, tmp_path, capsys, monkeypatch):
     one_line_error(capsys, ["train", "--data", str(tiny_data), "--out", str(out), *TINY],
                    "train-images-idx3-ubyte.gz", "permission denied")
     assert not out.exists()
+
+
+def test_a_runs_latest_that_is_a_real_folder_is_left_alone(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    latest = tmp_path / "runs" / "latest"
+    latest.mkdir(parents=True)  # say, from an earlier --out runs/latest
+    (latest / "notes.txt").write_text("mine")
+    assert main(["train", "--data", str(tiny_data), *TINY]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("warning: runs/latest is not the link to the latest run but a folder")
+    assert latest.is_dir() and not latest.is_symlink() and (latest / "notes.txt").read_text() == "mine"
+    made = [p for p in (tmp_path / "runs").iterdir() if p.name != "latest"]
+    assert len(made) == 1 and (made[0] / "results.json").exists()

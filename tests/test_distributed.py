@@ -16,19 +16,24 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import SIGNAL_CHILD, signal_child_env, wait_for
+
 pytestmark = pytest.mark.multiprocess
 
 
-def torchrun(*args: str, nproc: int = 2) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(*args: str, nproc: int = 2, script: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """``torchrun -m resnetlab train ARGS``, or with ``script`` (a file holding helpers.SIGNAL_CHILD) instead of the module."""
+    env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
+    program = [str(script)] if script is not None else ["-m", "resnetlab"]
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         "-m", "resnetlab", "train", *args],
+         *program, "train", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -60,7 +65,7 @@ def test_torchrun_two_processes_train_what_one_trains(tiny_data, tmp_path, model
     # 1 and 2 threads: one ReLU whose input lies within float32 rounding of zero flips (README).
     args = ["--data", str(tiny_data), "--preset", "cpu", "--model", model, "--sync-bn", "--seed", "5",
             "--batch-size", "64", "--lr", "0.01", "--precision", "fp64", "--no-channels-last", "--val-split", "100",
-            "--limit-train", "320", "--limit-test", "64", "--epochs", "2", "--device", "cpu"]
+            "--limit-train", "320", "--limit-test", "64", "--epochs", "2", "--device", "cpu", "--time-budget", "0"]
     proc = torchrun(*args, "--out", str(tmp_path / "two"))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -103,7 +108,7 @@ def test_a_dead_rank_ends_the_job(tiny_data, tmp_path):
     run = tmp_path / "run"
     proc = torchrun("--data", str(tiny_data), "--out", str(run), "--model", "d2l_resnet18", "--val-split", "100",
                     "--batch-size", "32", "--epochs", "20", "--precision", "fp32", "--save-every", "1",
-                    "--dist-timeout", "20")
+                    "--dist-timeout", "20", "--time-budget", "0")
     deadline = time.monotonic() + 120
     while not (run / "train_state.pt").exists():
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
@@ -111,24 +116,25 @@ def test_a_dead_rank_ends_the_job(tiny_data, tmp_path):
     workers = _children(proc.pid)
     assert len(workers) == 2, workers
     os.kill(workers[1], signal.SIGKILL)  # one rank dies without a word
-    start = time.monotonic()
-    code = proc.wait(timeout=90)  # never a hang: the job ends well inside the timeout
+    code = proc.wait(timeout=90)  # never a hang: the job ends (a hang would wait for ever; 90 s is 4.5 --dist-timeouts)
     assert code != 0
-    assert time.monotonic() - start < 60
     assert not (run / "results.json").exists()
 
 
 @pytest.mark.slow
 def test_sigterm_to_torchrun_saves_and_all_ranks_resume_exactly(tiny_data, tmp_path):
     args = ["--data", str(tiny_data), "--model", "d2l_resnet18", "--val-split", "100", "--limit-train", "192",
-            "--batch-size", "32", "--epochs", "2", "--precision", "fp32", "--no-channels-last", "--sync-bn"]
+            "--batch-size", "32", "--epochs", "2", "--precision", "fp32", "--no-channels-last", "--sync-bn",
+            "--time-budget", "0"]
     whole = torchrun(*args, "--out", str(tmp_path / "whole"))
     assert whole.wait(timeout=300) == 0, whole.stderr.read()
     run = tmp_path / "stopped"
-    proc = torchrun(*args, "--save-every", "2", "--out", str(run))
-    while not (run / "train_state.pt").exists():
-        assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.02)
+    # Rank 0 waits after its first save until the signal has reached it, so the run cannot end first.
+    script, marker = tmp_path / "signal_child.py", tmp_path / "saved"
+    script.write_text(SIGNAL_CHILD)
+    proc = torchrun(*args, "--save-every", "2", "--out", str(run), script=script,
+                    env=signal_child_env(1, marker=marker))
+    wait_for(marker, proc)
     proc.send_signal(signal.SIGTERM)  # as a cluster scheduler would; torchrun passes it on to every rank
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "SIGTERM received: finishing the current step" in out

@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 
+from helpers import one_line_error
 from resnetlab.cli import main
 from resnetlab.data import DataError, download_fashion_mnist
 from resnetlab.data import download as dl
@@ -105,3 +106,9 @@ def test_not_gzip_is_rejected(tmp_path, serve, monkeypatch):
     monkeypatch.setattr(dl.time, "sleep", lambda s: None)
     with pytest.raises(DataError, match="not a valid gzip file"):
         download_fashion_mnist(tmp_path / "out", base_url=serve(served), retries=1, log=lambda s: None)
+
+
+def test_retries_must_be_at_least_one(tmp_path, capsys):
+    one_line_error(capsys, ["download", "fashion-mnist", str(tmp_path / "d"), "--retries", "0"],
+                   "--retries 0 must be at least 1")
+    assert not (tmp_path / "d").exists()

@@ -16,7 +16,7 @@ from resnetlab.engine.optim import lr_factor, make_optimizer
 from resnetlab.engine.initialize import build_model
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import D2LResNet
-from conftest import plain_config
+from helpers import plain_config
 
 
 def tiny(data, tmp_path, **changes):
@@ -205,7 +205,7 @@ def test_best_epoch_follows_validation_not_test(tmp_path):
     # the run must follow validation (measured: val 0.27, 0.10, 0.07, 0.03; test 0.47, 0.63, 0.67, 0.80).
     import shutil
 
-    from conftest import SHAPES, write_shape_folder
+    from helpers import SHAPES, write_shape_folder
 
     data = write_shape_folder(tmp_path / "shapes", per_class=30, layout="split", sizes=(16,))
     shifted = data / "val-shifted"
@@ -228,12 +228,12 @@ def test_best_epoch_follows_validation_not_test(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fashion-mnist", "folder"])
 def test_the_library_and_the_command_line_train_the_same(kind, tiny_data, tmp_path):
-    from conftest import write_shape_folder
+    from helpers import write_shape_folder
     from resnetlab.cli import main
     from safetensors.torch import load_file
 
     data = tiny_data if kind == "fashion-mnist" else write_shape_folder(tmp_path / "shapes", per_class=20, sizes=(16,))
-    fields = {"data": str(data), "epochs": 1, "limit_train": 96, "val_split": 100, "batch_size": 32}
+    fields = {"data": str(data), "epochs": 1, "limit_train": 96, "val_split": 100, "batch_size": 32, "time_budget": 0.0}
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in fields.items()]
     assert main(["train", *flags, "--out", str(tmp_path / "cli")]) == 0
     fit(TrainConfig(**fields, out=str(tmp_path / "lib")), log=quiet)
@@ -250,7 +250,7 @@ def test_resnetlab_train_prints_lines_outside_a_notebook(tiny_data, tmp_path, ca
     import resnetlab
 
     result = resnetlab.train(data=str(tiny_data), model="resnet18", image_size=28, val_split=100, limit_train=200,
-                             batch_size=50, epochs=1, lr=0.02, precision="fp32", out=str(tmp_path / "run"))
+                             batch_size=50, epochs=1, lr=0.02, precision="fp32", time_budget=0.0, out=str(tmp_path / "run"))
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "no --preset given: using 'cpu' (no CUDA GPU)"  # decided as `resnetlab train` decides
     assert any(line.startswith("epoch 1/1 ") for line in out)
@@ -283,6 +283,54 @@ def test_resnetlab_train_in_a_notebook_redraws_one_figure(tiny_data, tmp_path, m
     monkeypatch.setattr(training, "in_notebook", lambda: True)
     monkeypatch.setattr(training, "LiveCurves", live)
     training.train(data=str(tiny_data), model="resnet18", image_size=28, val_split=100, limit_train=100,
-                   batch_size=50, epochs=2, lr=0.02, precision="fp32", out=str(tmp_path / "run"))
+                   batch_size=50, epochs=2, lr=0.02, precision="fp32", time_budget=0.0, out=str(tmp_path / "run"))
     assert len(made) == 1 and [kind for kind, _ in shown] == ["display", "update"]  # one figure, redrawn in place
     assert all(image[:4] == b"\x89PNG" for _, image in shown)
+
+
+def test_an_unknown_preset_from_the_library_is_the_command_lines_one_line_error(tiny_data, tmp_path):
+    import resnetlab
+
+    for call in (lambda: fit(TrainConfig(preset="fsat", data=str(tiny_data), out=str(tmp_path / "a")), log=quiet),
+                 lambda: resnetlab.train(preset="fsat", data=str(tiny_data), out=str(tmp_path / "b"))):
+        with pytest.raises(ResnetlabError, match=r"^unknown preset 'fsat'; valid presets: d2l, cpu, fast, best, folder$"):
+            call()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_fashion_mnist_presets_fit_their_batch_lr_and_warmup_to_a_subset():
+    from resnetlab.engine.resolve import fit_preset_to_data
+
+    assert fit_preset_to_data("cpu", 55_000, 8, set()) == ({}, None)  # the data the preset was chosen on: as it is
+    changes, line = fit_preset_to_data("cpu", 6_000, 2, set())
+    assert changes == {"batch_size": 256, "lr": 0.1, "warmup_epochs": 0.5}
+    assert line == ("the cpu preset fitted to 6,000 training images and 2 epochs: batch 256 (not 512), lr 0.1 (not 0.2), "
+                    "warm-up 0.5 epochs (not 1)")
+    assert fit_preset_to_data("cpu", 1_000, 8, set())[0] == {"batch_size": 32, "lr": 0.0125}
+    assert fit_preset_to_data("fast", 256, 1, set())[0] == {"batch_size": 16, "lr": 0.00625, "warmup_epochs": 0.25}
+    assert fit_preset_to_data("cpu", 10, 8, set())[0]["batch_size"] == 8  # never more than the images
+    # What the user gave stays: a typed batch keeps the preset's lr too, unless that is typed as well.
+    assert fit_preset_to_data("cpu", 6_000, 2, {"batch_size"})[0] == {"warmup_epochs": 0.5}
+    assert fit_preset_to_data("cpu", 6_000, 8, {"lr"})[0] == {"batch_size": 256}
+    assert fit_preset_to_data("cpu", 6_000, 2, {"warmup_epochs", "batch_size"}) == ({}, None)
+    # The book's recipe only shrinks its batch to fit the images.
+    assert fit_preset_to_data("d2l", 6_000, 10, set()) == ({}, None)
+    assert fit_preset_to_data("d2l", 100, 10, set())[0] == {"batch_size": 64}
+
+
+@pytest.mark.slow
+def test_a_quick_first_try_on_a_small_subset_trains(real_data, tmp_path, capsys):
+    # The command: no flag but --limit-train and --epochs (and the run folder; no time budget, so
+    # the outcome does not depend on the machine's speed). Before, batch 512 did not fit 256 images.
+    from resnetlab.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--limit-train", "256", "--epochs", "1", "--time-budget", "0", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == ("the cpu preset fitted to 256 training images and 1 epoch: batch 16 (not 512), lr 0.00625 "
+                        "(not 0.2), warm-up 0.25 epochs (not 1)")
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["batch_size"], saved["lr"], saved["warmup_epochs"]) == (16, 0.00625, 0.25)
+    results = json.loads((out / "results.json").read_text())
+    assert results["test_acc"] > 0.3  # 16 steps on 256 images: well above chance (0.1), nowhere near blown up
+

@@ -8,11 +8,10 @@ import torch
 from PIL import Image
 
 import resnetlab
-from conftest import one_line_error, plain_config
+from helpers import SEED_TRACE, one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.engine import fit
 from resnetlab.explain import stage_outputs
-from test_blocks import SEED_TRACE
 
 SEED_STAGES = SEED_TRACE.splitlines()[:5]  # the seed's printed lines for b1..b5 on 1x1x256x256
 
@@ -128,7 +127,7 @@ def test_explain_and_maps_of_a_checkpoint_through_the_command_line(ckpt, tiny_da
 
 
 def test_explain_from_python_for_three_channel_models(tmp_path):
-    from conftest import write_shape_folder
+    from helpers import write_shape_folder
 
     data = write_shape_folder(tmp_path / "shapes", per_class=8, sizes=(16,))
     fit(plain_config(data=str(data), model="resnet18", model_args={"stem": "small"}, epochs=1,
@@ -150,3 +149,35 @@ def test_the_default_grad_cam_stage_is_the_last_with_maps_of_at_least_4x4():
     small = create_model("resnet18", in_channels=1, num_classes=3, stem="small").eval()
     assert default_stage(small, torch.zeros(1, 1, 32, 32)) == "layer4"  # 4x4
     assert default_stage(seed_net, torch.zeros(1, 1, 8, 8)) == "b1"  # nothing reaches 4x4: the first stage
+
+
+def test_explain_takes_a_folder_in_chunks(ckpt, tiny_data, tmp_path, capsys, monkeypatch):
+    import resnetlab.explain as explain
+    from resnetlab.classifier import Classifier
+    from resnetlab.data import load_split
+
+    test = load_split(tiny_data, "test")
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(7):
+        Image.fromarray(test.images[i, 0].numpy()).save(folder / f"img{i}.png")
+    sizes, real = [], Classifier.explain
+
+    def counting(self, images, *args, **kwargs):
+        sizes.append(len(images))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "explain", counting)
+    monkeypatch.setattr(explain, "EXPLAIN_CHUNK", 3)
+    monkeypatch.setattr(explain, "SHEET_IMAGES", 5)
+    assert main(["explain", str(ckpt), str(folder), "--out", str(tmp_path / "ex")]) == 0
+    assert sizes == [3, 3, 1]  # never all images' activations at once
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 8 and out[-1] == f"wrote {tmp_path / 'ex' / 'sheet.png'}: the first 5 of 7 images"
+    assert len(list((tmp_path / "ex").glob("*.explain.png"))) == 7
+    # In chunks or at once, each image gets the same heatmap.
+    clf = resnetlab.load(ckpt)
+    pixels = [clf.to_uint8(path) for path in sorted(folder.iterdir())]
+    together = real(clf, pixels)
+    apart = torch.cat([real(clf, pixels[i : i + 3]) for i in range(0, 7, 3)])
+    assert torch.allclose(together, apart, atol=1e-5)

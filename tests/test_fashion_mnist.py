@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_fashion_mnist, write_idx
+from helpers import write_fashion_mnist, write_idx
 from resnetlab.data import CLASS_NAMES, DataError, load_fashion_mnist, load_split, resolve_data_dir, split_train_val
 
 
@@ -101,3 +101,15 @@ def test_real_fashion_mnist(real_data):
     assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(train.labels).tolist() == [6000] * 10
     assert train.labels[:3].tolist() == [9, 0, 0]  # the first training images: ankle boot, two T-shirts
+
+
+def test_a_raw_folder_of_idx_files_is_fashion_mnist_not_a_class_folder(tmp_path, capsys):
+    from resnetlab.cli import main
+    from resnetlab.data import dataset_kind, open_dataset
+
+    write_fashion_mnist(tmp_path / "root" / "raw", n_train=30, n_test=10)  # torchvision's DIR/raw/ layout
+    assert dataset_kind(tmp_path / "root") == "fashion-mnist"
+    splits = open_dataset(tmp_path / "root", val_split=5)
+    assert splits.kind == "fashion-mnist" and len(splits.train) == 25 and len(splits.test) == 10
+    assert main(["show-data", "--data", str(tmp_path / "root"), "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
+    assert "the first 4 train images" in capsys.readouterr().out

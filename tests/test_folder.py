@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import resnetlab
 import resnetlab.data.folder as folder_module
-from conftest import SHAPES, draw_shape, one_line_error, write_shape_folder
+from helpers import SHAPES, draw_shape, one_line_error, write_shape_folder
 from resnetlab.cli import main
 from resnetlab.data.folder import is_class_folder, load_class_folder
 from resnetlab.engine import TrainConfig
@@ -53,7 +53,7 @@ def test_shapes_train_to_high_accuracy_and_travel_to_eval_and_predict(shapes_spl
     # 16 px keeps it to seconds on two cores; AdamW learns these shapes in a few dozen steps.
     argv = ["train", "--data", str(shapes_split), "--out", str(out), "--epochs", "6", "--batch-size", "32",
             "--image-size", "16", "--optimizer", "adamw", "--lr", "0.02", "--momentum", "0", "--no-nesterov",
-            "--precision", "fp32"]
+            "--precision", "fp32", "--time-budget", "0"]
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "no --preset given: using 'folder' (class folders)"
@@ -107,6 +107,23 @@ def test_empty_class_too_few_classes_no_images(tmp_path, capsys):
         (tmp_path / "c" / name).mkdir(parents=True)
         (tmp_path / "c" / name / "readme.txt").write_text("no pictures here")
     one_line_error(capsys, ["train", "--data", str(tmp_path / "c"), "--epochs", "1"], "no images found")
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_an_empty_val_or_test_folder_is_refused_in_training_and_eval(split, tmp_path, capsys):
+    root = write_shape_folder(tmp_path / "d", per_class=6, layout="split", sizes=(16,))
+    # A checkpoint trained on the whole folder, then the split emptied (its class folders stay).
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "6",
+                 "--image-size", "16", "--precision", "fp32", "--time-budget", "0"]) == 0
+    for image in (root / split).rglob("*.png"):
+        image.unlink()
+    capsys.readouterr()
+    one_line_error(capsys, ["train", "--data", str(root), "--out", str(tmp_path / "again"), "--epochs", "1"],
+                   f"{split}/ holds no readable images", f"remove {split}/")
+    assert not (tmp_path / "again").exists()
+    one_line_error(capsys, ["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e")],
+                   f"{split}/ holds no readable images")
 
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
@@ -204,7 +221,7 @@ def test_freeze_backbone_trains_only_the_head(shapes_split, tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--data", str(shapes_split), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                  "--image-size", "16", "--init", str(tmp_path / "start.safetensors"), "--freeze-backbone",
-                 "--precision", "fp32"]) == 0
+                 "--precision", "fp32", "--time-budget", "0"]) == 0
     start = build_model(TrainConfig(model="resnet18", model_args={"stem": "small"},
                                     init=str(tmp_path / "start.safetensors")).with_defaults(), 3, 3, log=lambda s: None).state_dict()
     trained = load_file(str(out / "last.safetensors"))
@@ -223,12 +240,17 @@ def test_eval_of_a_single_level_folder_uses_the_runs_validation_split(tmp_path, 
     root = write_shape_folder(tmp_path / "d", per_class=12)
     out = tmp_path / "run"
     assert main(["train", "--data", str(root), "--out", str(out), "--epochs", "1", "--batch-size", "9",
-                 "--image-size", "16", "--precision", "fp32", "--val-fraction", "0.25"]) == 0
+                 "--image-size", "16", "--precision", "fp32", "--val-fraction", "0.25", "--time-budget", "0"]) == 0
     printed = capsys.readouterr().out.splitlines()
     results = json.loads((out / "results.json").read_text())
     assert results["test_acc"] is None and printed[-2].endswith("(no test split)")
     assert main(["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e")]) == 0
     report = json.loads((tmp_path / "e" / "report.json").read_text())
     assert report["split"] == "val" and report["count"] == 9  # the same seeded quarter of each class
-    assert report["accuracy"] == results["best_val_acc"]
+    assert report["accuracy"] == results["best_val_acc"] and report["same_images_as_training"] is True
     assert capsys.readouterr().out.startswith(f"val acc {results['best_val_acc']:.4f}")
+    # Files added since training change the seeded split: what it holds out now may be training images.
+    draw_shape("circle", 32, __import__("numpy").random.default_rng(5), rgb=True).save(root / "circle" / "new.png")
+    one_line_error(capsys, ["eval", str(out / "best.safetensors"), "--out", str(tmp_path / "e2")],
+                   "its files changed since training", "may include training images")
+    assert not (tmp_path / "e2" / "report.json").exists()

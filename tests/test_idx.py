@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import idx_bytes, write_idx
+from helpers import idx_bytes, write_idx
 from resnetlab.data import DataError, read_idx
 from resnetlab.data.idx import MAX_DEFLATE_RATIO
 

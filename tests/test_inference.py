@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import resnetlab
-from conftest import one_line_error, plain_config
+from helpers import one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.data import DeviceLoader, load_split
 from resnetlab.engine import fit
@@ -30,6 +30,7 @@ def test_eval_matches_training_and_writes_report(trained, ckpt, tiny_data, tmp_p
     results = json.loads((trained / "results.json").read_text())
     report = json.loads((out / "report.json").read_text())
     assert report["accuracy"] == results["test_acc"]  # the same number the run reported
+    assert report["same_images_as_training"] is True  # by the fingerprint in the header
     assert lines[0] == f"test acc {results['test_acc']:.4f}"
     assert lines[1].split() == ["class", "precision", "recall", "f1", "support"]
     assert [line.split()[0] for line in lines[2:12]] == [n.split()[0] for n in resnetlab.data.CLASS_NAMES]
@@ -43,7 +44,7 @@ def test_eval_shows_the_most_confident_mistakes(ckpt, tiny_data, tmp_path, capsy
     # The same test images with every label moved to the next class: nearly all predictions are mistakes.
     import shutil
 
-    from conftest import write_idx
+    from helpers import write_idx
 
     data = tmp_path / "mislabelled"
     shutil.copytree(tiny_data, data)
@@ -52,6 +53,8 @@ def test_eval_shows_the_most_confident_mistakes(ckpt, tiny_data, tmp_path, capsy
     out = tmp_path / "eval"
     assert main(["eval", str(ckpt), "--data", str(data), "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["same_images_as_training"] is False  # other labels: not the split the run measured, and it says so
+    assert capsys.readouterr().out.splitlines()[-1].startswith("note: these test images are not the ones the run measured")
     assert len(report["mistakes"]) == min(32, 200 - report["correct"]) == 32
     probs = [m["prob"] for m in report["mistakes"]]
     assert probs == sorted(probs, reverse=True)  # the most confident errors first

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import resnetlab
+from helpers import every_model
 from resnetlab import ResNet, UnknownModelError, create_model, list_models
 
 TORCHVISION_PARAMS = {
@@ -15,16 +16,6 @@ TORCHVISION_PARAMS = {
     "resnext50_32x4d": 25_028_904,
     "wide_resnet50_2": 68_883_240,
 }
-
-
-# The three largest models take about a second each to build and run on 2 cores: the quick suite
-# (-m "not slow") leaves their forward passes to the full one.
-LARGE = {"resnet101", "resnet152", "wide_resnet50_2"}
-
-
-def every_model():
-    """Every registered name, the large ones marked slow."""
-    return [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in list_models()]
 
 
 def count(model):

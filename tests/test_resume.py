@@ -21,12 +21,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import one_line_error
+from helpers import one_line_error, train_child, wait_for
 from resnetlab.cli import main
 from resnetlab.engine.state import STATE_FILE, load_train_state
 
+# The cpu preset without its time budget: what a run does must not depend on how fast the machine is.
 RUN = ["--model", "resnet18", "--image-size", "28", "--val-split", "100", "--limit-train", "300",
-       "--batch-size", "50", "--epochs", "3", "--precision", "fp32", "--deterministic", "--preset", "cpu"]
+       "--batch-size", "50", "--epochs", "3", "--precision", "fp32", "--deterministic", "--preset", "cpu", "--time-budget", "0"]
 STEPS = 18  # 3 epochs of 6 steps
 
 
@@ -112,9 +113,12 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tiny_data, tmp_path
         proc = child(["--resume", str(run)])
         signal_after_saves(proc, state, saves, signal.SIGKILL)
         assert finish(proc)[0] == -signal.SIGKILL
-    # SIGINT: the step is finished, the state saved, and the message says how to continue.
-    proc = child(["--resume", str(run)])
-    signal_after_saves(proc, state, 1, signal.SIGINT)
+    # SIGINT: the step is finished, the state saved, and the message says how to continue. The child waits
+    # after its first save until the signal has reached it, so the run cannot end first.
+    marker = tmp_path / "saved"
+    proc = train_child(["--resume", str(run)], 1, marker=marker, env={"OMP_NUM_THREADS": "2"})
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc)
     assert code == 130, err
     assert f"continue with: resnetlab train --resume {run}" in err and "Traceback" not in err
@@ -129,9 +133,12 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tiny_data, tmp_path
 
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_143(tiny_data, tmp_path):
-    run = tmp_path / "run"
-    proc = child(["--data", str(tiny_data), "--out", str(run), "--save-every", "2", *RUN])
-    signal_after_saves(proc, run / STATE_FILE, 1, signal.SIGTERM)
+    run, marker = tmp_path / "run", tmp_path / "saved"
+    # The child waits after its first save until the signal has reached it: the run cannot end first.
+    proc = train_child(["--data", str(tiny_data), "--out", str(run), "--save-every", "2", *RUN], 1, marker=marker,
+                       env={"OMP_NUM_THREADS": "2"})
+    wait_for(marker, proc)
+    proc.send_signal(signal.SIGTERM)
     code, out, err = finish(proc)
     assert code == 143, err
     assert out.strip().splitlines()[-1].startswith("SIGTERM received: finishing the current step")
@@ -143,7 +150,7 @@ def test_sigterm_saves_and_exits_143(tiny_data, tmp_path):
 
 def tiny_args(tiny_data, out, *extra):
     return ["train", "--data", str(tiny_data), "--out", str(out), "--model", "resnet18", "--val-split", "100",
-            "--limit-train", "300", "--batch-size", "50", "--epochs", "2", "--precision", "fp32", *extra]
+            "--limit-train", "300", "--batch-size", "50", "--epochs", "2", "--precision", "fp32", "--time-budget", "0", *extra]
 
 
 def test_nonfinite_loss_stops_with_exit_3_and_keeps_the_good_state(tiny_data, tmp_path, capsys):
@@ -215,7 +222,7 @@ def test_resume_refuses_an_edited_config_or_other_data(finished_run, tiny_data, 
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "lr": 0.5}))
     one_line_error(capsys, ["train", "--resume", str(run)], "config.json differs", "'lr'")
-    from conftest import make_images, write_idx
+    from helpers import make_images, write_idx
 
     other = shutil.copytree(tiny_data, tmp_path / "other")
     write_idx(other / "t10k-images-idx3-ubyte.gz", make_images(200, 99)[0])  # same shape, other pixels
@@ -334,3 +341,40 @@ def test_stop_signals_first_asks_second_ctrl_c_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
     assert signal.getsignal(signal.SIGTERM) is before and len(notes) == 1
+
+
+@pytest.mark.slow
+def test_a_run_from_an_init_file_resumes_after_the_file_moved(ckpt, tiny_data, tmp_path, capsys):
+    import shutil
+
+    start, run = tmp_path / "start.safetensors", tmp_path / "run"
+    shutil.copy(ckpt, start)
+    assert main(tiny_args(tiny_data, run, "--epochs", "1", "--init", str(start))) == 0
+    (run / "results.json").unlink()  # as if stopped after its last epoch, before the final test
+    start.rename(tmp_path / "moved.safetensors")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # the state holds the weights: the file is not read
+    assert (run / "results.json").exists()
+    # A run that never saved starts over, and needs the file again: one line naming it.
+    (run / "results.json").unlink()
+    (run / STATE_FILE).unlink()
+    one_line_error(capsys, ["train", "--resume", str(run)], f"--init {start}: no such file")
+
+
+def test_running_out_of_memory_is_one_line_naming_the_batch_size(tiny_data, tmp_path, capsys, monkeypatch):
+    from resnetlab.engine.steps import Training
+
+    real_step = Training.train_step
+
+    def step(self, x, y, global_step, stop_requested=False):
+        if global_step == 3:  # as torch reports it on a GPU; the CPU build raises the same class
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total)")
+        return real_step(self, x, y, global_step, stop_requested)
+
+    monkeypatch.setattr(Training, "train_step", step)
+    run = tmp_path / "run"
+    line = one_line_error(capsys, tiny_args(tiny_data, run, "--save-every", "1"), "out of memory on cpu at --batch-size 50",
+                          "CUDA out of memory. Tried to allocate 2.00 GiB", "lower --batch-size (to 25, say)",
+                          f"the state saved in {run / STATE_FILE}", f"resnetlab train --resume {run}")
+    assert "Traceback" not in line
+    assert load_train_state(run / STATE_FILE)["progress"]["global_step"] == 3

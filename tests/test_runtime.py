@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import one_line_error
+from helpers import one_line_error
 from resnetlab.engine import TrainConfig
 from resnetlab import runtime
 from resnetlab.engine.optim import make_optimizer, make_scheduler

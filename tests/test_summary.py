@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from resnetlab import create_model, d2l_resnet18, summary
-from test_blocks import SEED_TRACE
+from helpers import SEED_TRACE
 
 
 def test_summary_starts_with_the_seed_trace():

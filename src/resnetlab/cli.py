@@ -8,7 +8,9 @@ status 2 and no traceback; a non-finite loss ends a run with status 3, and SIGIN
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 import warnings
 from typing import NoReturn, Sequence
 
@@ -84,17 +86,13 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import time
-
     from .engine import fit, resume
-    from .engine.train import process_age
     from .engine.train_config import config_from_args, resume_overrides_from_args
 
-    started = time.monotonic() - process_age()  # a time budget covers the whole command, start-up included
     if args.resume is not None:
-        resume(args.resume, started=started, **resume_overrides_from_args(args))
+        resume(args.resume, started=args.started, **resume_overrides_from_args(args))
         return 0
-    fit(config_from_args(args), started=started)
+    fit(config_from_args(args), started=args.started)
     return 0
 
 
@@ -293,12 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+def process_age() -> float:
+    """Seconds since this process started (Linux); 0 where that cannot be read."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def main(argv: Sequence[str] | None = None, *, started: float | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    ``started`` (a ``time.monotonic()`` reading) is when the command began, which a time budget
+    counts from: the console script passes its process's start (:func:`run`); called from
+    Python, the command begins with this call.
+    """
+    started = time.monotonic() if started is None else started
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
+    args.started = started
     from .engine.distributed import env_rank, launched_by_torchrun
 
     # Pillow warns (several lines) about images between one and two times its pixel limit before
@@ -326,5 +343,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> NoReturn:
-    """Console-script entry point: exit with :func:`main`'s status."""
-    sys.exit(main())
+    """Console-script entry point: exit with :func:`main`'s status; the command began when the process did."""
+    sys.exit(main(started=time.monotonic() - process_age()))

@@ -54,6 +54,27 @@ def load_test_split(data: str | None, header: WeightsHeader) -> tuple[ImageSet, 
     return test, folder, split
 
 
+def compare_with_training(test: ImageSet, folder: Path, split: str, header: WeightsHeader) -> str | None:
+    """None if ``test`` is the split the run measured (by the fingerprint in the header), else a note saying so.
+
+    A validation split held out of a one-level class folder is carved again from the folder as it
+    is now: if that folder changed since training, the carved images may include training
+    images, and the figure would flatter the model, so that is refused.
+    """
+    trained = header.data.get(split)
+    if not trained or trained == test.fingerprint():
+        return None  # the same images (or a checkpoint that predates fingerprints)
+    carved = split == "val" and not (folder / "val").is_dir()
+    if carved and header.trained_on and Path(header.trained_on).resolve() == folder.resolve():
+        raise ResnetlabError(
+            f"--data {folder}: its files changed since training, so the validation images held out of it now are not "
+            "those the run held out and may include training images; put the folder back as it was, or evaluate "
+            "on a folder of separate test images (DIR/test/<class>/)"
+        )
+    return (f"note: these {split} images are not the ones the run measured (other files, or --limit-test in training); "
+            "the figures are not the run's")
+
+
 def classification_report(labels: torch.Tensor, preds: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
     """Confusion matrix (rows true, columns predicted), per-class precision, recall, F1, support, and macro means."""
     k = len(class_names)
@@ -103,6 +124,7 @@ def evaluate_checkpoint(
     checkpoint = Path(checkpoint)
     model, header = build_model(checkpoint)
     test, folder, split = load_test_split(data, header)
+    note = compare_with_training(test, folder, split, header)
     out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -147,6 +169,8 @@ def evaluate_checkpoint(
         "correct": correct,
         "accuracy": correct / len(labels),
         "loss": F.cross_entropy(logits, labels).item(),
+        # By the fingerprint in the checkpoint's header (None: a checkpoint written before they were kept).
+        "same_images_as_training": note is None if header.data.get(split) else None,
         "tta": tta,
         "precision": prec.name,
         "device": str(dev),
@@ -181,4 +205,6 @@ def evaluate_checkpoint(
     log(f"{split} acc {report['accuracy']:.4f}")
     log(format_table(report))
     log(f"{report['count']:,} {split} images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
+    if note:
+        log(note)
     return report

@@ -26,6 +26,10 @@ from .errors import ResnetlabError
 
 # The smallest map side (positions) that a default Grad-CAM stage may have.
 MIN_CAM_SIDE = 4
+# ``resnetlab explain`` takes this many images per forward and backward pass (as predict does), so a
+# folder of thousands never holds all their activations at once, and draws at most SHEET_IMAGES on sheet.png.
+EXPLAIN_CHUNK = 64
+SHEET_IMAGES = 64
 
 
 def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -193,20 +197,27 @@ def explain_files(checkpoint: str, images: list[str], out: str, *, target: str |
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ResnetlabError(f"--out {folder}: cannot create it ({exc.strerror}); choose a writable folder") from None
-    pixels = [clf.to_uint8(path) for path in files]  # a bad file: one line naming it (ImageError)
-    heatmaps = clf.explain(pixels, target, stage=stage_name)
-    predictions = clf.predict(pixels, top_k=top_k)
-    shown = as_seen(pixels, clf.image_size)
-    written, titles = [], []
-    for path, image, heatmap, prediction in zip(files, shown, heatmaps, predictions):
-        about = target if target is not None else prediction.label
-        titles.append(f"{path.name}: {about}")
-        name = folder / f"{path.stem}.explain.png"
-        save_explanation(name, image, heatmap, f"Grad-CAM at {stage_name}: {about}", prediction.top)
-        written.append(str(name))
-        log(f"{path}\t" + "\t".join(f"{c} {p:.3f}" for c, p in prediction.top) + f"\t-> {name}")
+    written: list[str] = []
+    sheet_images, sheet_maps, sheet_titles = [], [], []  # the first SHEET_IMAGES, for sheet.png
+    for first in range(0, len(files), EXPLAIN_CHUNK):
+        chunk = files[first : first + EXPLAIN_CHUNK]
+        pixels = [clf.to_uint8(path) for path in chunk]  # a bad file: one line naming it (ImageError)
+        heatmaps = clf.explain(pixels, target, stage=stage_name)
+        predictions = clf.predict(pixels, top_k=top_k)
+        shown = as_seen(pixels, clf.image_size)
+        for path, image, heatmap, prediction in zip(chunk, shown, heatmaps, predictions):
+            about = target if target is not None else prediction.label
+            name = folder / f"{path.stem}.explain.png"
+            save_explanation(name, image, heatmap, f"Grad-CAM at {stage_name}: {about}", prediction.top)
+            written.append(str(name))
+            log(f"{path}\t" + "\t".join(f"{c} {p:.3f}" for c, p in prediction.top) + f"\t-> {name}")
+            if len(sheet_images) < SHEET_IMAGES:
+                sheet_images.append(image)
+                sheet_maps.append(heatmap)
+                sheet_titles.append(f"{path.name}: {about}")
     if len(files) > 1:
-        save_explanation_sheet(folder / "sheet.png", shown, heatmaps, titles)
+        save_explanation_sheet(folder / "sheet.png", sheet_images, sheet_maps, sheet_titles)
         written.append(str(folder / "sheet.png"))
-        log(f"wrote {folder / 'sheet.png'}: all {len(files)} images")
+        which = f"all {len(files)}" if len(sheet_images) == len(files) else f"the first {len(sheet_images)} of {len(files)}"
+        log(f"wrote {folder / 'sheet.png'}: {which} images")
     return written

@@ -95,7 +95,7 @@ def save_explanation(path: str | os.PathLike[str], image: torch.Tensor, heatmap:
     save_figure(fig, path, dpi=120)
 
 
-def save_explanation_sheet(path: str | os.PathLike[str], images: Sequence[torch.Tensor], heatmaps: torch.Tensor,
+def save_explanation_sheet(path: str | os.PathLike[str], images: Sequence[torch.Tensor], heatmaps: Sequence[torch.Tensor],
                            titles: Sequence[str], num_cols: int = 6, title_colors: Sequence[str] | None = None) -> None:
     """Several images with their Grad-CAM overlays in a grid (a contact sheet)."""
     n = len(images)

@@ -144,6 +144,14 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     return Precision(name)
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the device (CUDA, MPS) or the CPU allocator ran out of memory."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA)."""
     random.seed(seed)

@@ -4,8 +4,8 @@ A ``.safetensors`` file written by training holds the model's state dict, and in
 (strings only, JSON where structured) everything needed to use it without the run: the model
 name and builder arguments, the class names, how an image becomes the model's input
 (:class:`Preprocess`, as torchvision's ``weights.transforms()``), the precision the run
-computed in, the preset, the epoch and its metrics, the run's whole config and the versions
-that wrote it. :class:`WeightsHeader` is the one owner of that header: training writes it,
+computed in, the preset, the epoch and its metrics, the run's whole config, a fingerprint of
+each data split it was trained and measured on, and the versions that wrote it. :class:`WeightsHeader` is the one owner of that header: training writes it,
 ``resnetlab.load``, ``eval`` and ``export`` read it. Files are written atomically; reading one
 never unpickles anything, and nothing here imports the training engine.
 """
@@ -75,6 +75,7 @@ class WeightsHeader:
     epoch: int | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, str | None] = field(default_factory=dict)  # each split's fingerprint (train, val, test) as trained
     versions: dict[str, str] = field(default_factory=versions)
 
     @property
@@ -95,7 +96,7 @@ class WeightsHeader:
             "stored_size": p.stored_size,
             "normalization": {"mean": list(p.mean), "std": list(p.std)} if p.mean is not None else None,
             "precision": self.precision, "preset": self.preset, "epoch": self.epoch, "metrics": self.metrics,
-            "config": self.config, "versions": self.versions,
+            "config": self.config, "data": self.data, "versions": self.versions,
         }
         return {"format": FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()}}
 
@@ -129,7 +130,8 @@ class WeightsHeader:
             model=str(value("model")), model_args=value("model_args"), class_names=list(value("class_names")),
             preprocess=preprocess, precision=str(value("precision", config.get("precision", "fp32"))),
             preset=str(value("preset", "")), epoch=int(epoch) if epoch not in (None, "") else None,
-            metrics=value("metrics", {}) or {}, config=config, versions=value("versions", {}) or {},
+            metrics=value("metrics", {}) or {}, config=config, data=value("data", {}) or {},
+            versions=value("versions", {}) or {},
         )
 
 

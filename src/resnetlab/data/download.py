@@ -86,6 +86,8 @@ def download_fashion_mnist(
     ``retries`` times (with a short back-off); a file whose content does not match its known
     SHA-256 is deleted and, after the last try, reported as a :class:`DataError`.
     """
+    if retries < 1:
+        raise DataError(f"--retries {retries} must be at least 1 (the number of tries per file)")
     folder = Path(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,5 +110,5 @@ def download_fashion_mnist(
             if attempt < retries:
                 time.sleep(min(2.0 ** (attempt - 1), 10.0) * 0.5)
         else:
-            raise DataError(f"{base + name}: {last_problem} after {retries} tries; check --url or try again later")
+            raise DataError(f"{base + name}: {last_problem} after {retries} {'try' if retries == 1 else 'tries'}; check --url or try again later")
     return folder

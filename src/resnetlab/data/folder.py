@@ -42,7 +42,10 @@ def is_class_folder(path: str | os.PathLike[str] | None) -> bool:
     if path is None:
         return False
     root = Path(path)
-    if not root.is_dir() or any(root.glob("*-idx?-ubyte*")) or (root / "FashionMNIST").is_dir():
+    if not root.is_dir() or (root / "FashionMNIST").is_dir():
+        return False
+    # IDX files, at the top or in torchvision's raw/ folder, make it Fashion-MNIST (complete or not: its errors say which).
+    if any(folder.is_dir() and any(folder.glob("*-idx?-ubyte*")) for folder in (root, root / "raw")):
         return False
     return any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir())
 
@@ -262,6 +265,10 @@ def load_class_folder(
                                 "every class needs training images")
             extra[split], more = read_split(folder, class_names, image_size=size, channels=channels)
             skipped += more
+            if len(extra[split]) == 0:
+                # An empty split would score a perfect 0 of 0, and eval would have nothing to measure.
+                raise DataError(f"--data {root}: {split}/ holds no readable images; add images to {split}/<class>/, "
+                                f"or remove {split}/" + (" to hold out a share of train/ instead" if split == "val" else ""))
     val, test = extra.get("val"), extra.get("test")
     if val is None:
         train, val = stratified_split(train, val_fraction, seed)

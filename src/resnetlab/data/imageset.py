@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,13 @@ class ImageSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def fingerprint(self) -> str:
+        """A SHA-256 over the images (with their shape) and labels: the same split gives the same one."""
+        digest = hashlib.sha256(str(tuple(self.images.shape)).encode())
+        digest.update(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def subset(self, index: torch.Tensor) -> "ImageSet":
         """Return the examples at ``index`` (a 1-D tensor of positions) as a new set."""

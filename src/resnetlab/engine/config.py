@@ -64,7 +64,11 @@ class TrainConfig:
     epochs: int | None = option("passes over the training images (with --time-budget: the most it may do)")
     time_budget: float | None = option("minutes for the whole run, start-up to the last line: the run measures its speed on its "
                                        "first steps and then fixes its number of steps to fit (0: no budget)")
-    max_steps: int | None = option("the number of steps a time budget bought (written by the run; the schedule spans them)")
+    budget_plan: list[list[int]] | None = field(default=None, metadata={
+        "help": "the time budget's decisions, [[global step, total steps], ...] (written by the run into config.json; "
+                "given, as when a run is repeated with --config from its config.json, the run follows them and measures nothing)",
+        "flag": False,  # no command-line flag: it comes from a config file
+    })
     batch_size: int | None = option("images per step (the global batch under torchrun)")
     optimizer: str | None = option("sgd or adamw")
     lr: float | None = option("peak learning rate for the global batch")
@@ -151,6 +155,11 @@ def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+def has_flag(name: str) -> bool:
+    """Whether the field has a command-line flag (``budget_plan``, which the run writes, has none)."""
+    return next(f for f in dataclasses.fields(TrainConfig) if f.name == name).metadata.get("flag", True)
+
+
 def field_help() -> dict[str, str]:
     """Each field's help text, from its metadata."""
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
@@ -160,7 +169,7 @@ _HINTS = typing.get_type_hints(TrainConfig)
 
 
 def field_kind(name: str) -> type:
-    """The value type of a field: bool, int, float, str or dict (None aside)."""
+    """The value type of a field: bool, int, float, str, dict or list (None aside)."""
     args = [a for a in typing.get_args(_HINTS[name]) if a is not type(None)]
     kind = typing.get_origin(args[0]) or args[0]
     return kind
@@ -222,6 +231,17 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_init_file(config: TrainConfig) -> TrainConfig:
+    """Raise :class:`ResnetlabError` if ``--init`` names a file that is not there; return ``config``.
+
+    Checked when a run starts from the beginning, before any data is read; a resumed run holds
+    its weights in its train state and no longer needs the file.
+    """
+    if config.init is not None and config.init not in INIT_SCHEMES and not Path(config.init).is_file():
+        raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, or a .safetensors/.pth weight file")
+    return config
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Raise :class:`ResnetlabError` naming the flag for a value out of range; return ``config``.
 
@@ -233,11 +253,9 @@ def validate(config: TrainConfig) -> TrainConfig:
     for name, options in CHOICES.items():
         if given(name) and getattr(config, name) not in options:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)!r} is not one of: {', '.join(options)}")
-    for name in ("epochs", "batch_size", "step_epochs", "dist_timeout", "limit_train", "limit_test", "image_size", "max_steps"):
+    for name in ("epochs", "batch_size", "step_epochs", "dist_timeout", "limit_train", "limit_test", "image_size"):
         if given(name) and getattr(config, name) < 1:
             raise ResnetlabError(f"{flag(name)} {getattr(config, name)} must be at least 1")
-    if given("init") and config.init not in INIT_SCHEMES and not Path(config.init).is_file():
-        raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, or a .safetensors/.pth weight file")
     if config.channels not in (None, 1, 3):
         raise ResnetlabError(f"--channels {config.channels} must be 1 (grayscale) or 3 (RGB)")
     if given("val_fraction") and not 0 < config.val_fraction < 1:
@@ -262,4 +280,14 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ResnetlabError(f"--warmup-epochs {config.warmup_epochs} must not exceed --epochs {config.epochs}")
     if config.nesterov and config.momentum == 0:
         raise ResnetlabError("--nesterov needs a positive --momentum")
+    if given("budget_plan") and not _is_plan(config.budget_plan):
+        raise ResnetlabError(f"budget_plan {config.budget_plan!r} must be a list of [global step, total steps] pairs of "
+                             "non-negative integers with rising steps, as a run writes it into config.json")
     return config
+
+
+def _is_plan(plan: Any) -> bool:
+    """Whether ``plan`` is a list of ``[step, total]`` integer pairs, steps rising, each total at least its step."""
+    pairs = [p for p in plan if isinstance(p, list) and len(p) == 2 and all(type(v) is int and v >= 0 for v in p)]
+    return len(pairs) == len(plan) and all(a <= t for a, t in pairs) and all(
+        earlier[0] <= later[0] for earlier, later in zip(pairs, pairs[1:]))

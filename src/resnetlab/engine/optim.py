@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -36,53 +36,57 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused or None)
 
 
-MEASURE_STEPS = 20  # a time-budgeted run measures its speed over its first steps, at most this many
+def total_steps(config: TrainConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> int:
+    """The steps the run takes: the last time-budget decision's total, else ``epochs`` full epochs."""
+    return plan[-1][1] if plan else config.epochs * steps_per_epoch
 
 
-def measure_steps(config: TrainConfig, steps_per_epoch: int) -> int:
-    """The global step at which a time-budgeted run fixes its number of steps (a quarter of the most it may do, at most 20)."""
-    return min(MEASURE_STEPS, max(1, config.epochs * steps_per_epoch // 4))
-
-
-def total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
-    """The steps the run takes: what a time budget bought, else ``epochs`` full epochs."""
-    return config.max_steps or config.epochs * steps_per_epoch
-
-
-def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int) -> float:
+def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> float:
     """The schedule's multiplier of the peak lr at optimizer step ``step`` (0-based).
 
-    The schedule spans :func:`total_steps`. A time-budgeted run learns its total only after its
-    first :func:`measure_steps` steps; those follow the schedule of the most it may do
-    (``epochs``), the rest the one of the steps it bought, so a run repeated from its
-    ``config.json`` (which holds that figure) takes the same steps. The presets' warm-up covers
-    the measured steps, where the two schedules agree anyway.
+    Without a time budget the schedule spans ``epochs`` full epochs. With one, ``plan`` holds
+    the budget's decisions ``[global step, total steps]`` (``budget.py``); each applies from its
+    step on. Before the first the schedule is the one of the most the run may do (``epochs``);
+    at each decision the decay goes on from where it stands to zero at the new total. So the lr
+    never jumps when a plan changes, and a run repeated with the same decisions takes the same
+    steps. The presets' warm-up covers the first measurement, where all schedules agree anyway.
     """
-    ceiling = config.epochs * steps_per_epoch
-    measuring = bool(config.time_budget) and step < measure_steps(config, steps_per_epoch)
-    total = ceiling if measuring else total_steps(config, steps_per_epoch)
+    decisions = [(int(at), int(total)) for at, total in plan if at <= step]
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    if not measuring and config.max_steps:
-        warmup = min(warmup, total // 2)  # a budget that bought little still gets a decay
+    if decisions:
+        warmup = min(warmup, decisions[-1][1] // 2)  # a budget that bought little still gets a decay
     if step < warmup:
         return (step + 1) / warmup
     if config.schedule == "constant":
         return 1.0
     if config.schedule == "step":
         return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = _progress(step, warmup, config.epochs * steps_per_epoch, decisions)
     if config.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return max(0.0, 1.0 - progress)  # onecycle: linear warm-up, then linear decay to zero
 
 
-def make_scheduler(
-    config: TrainConfig | Callable[[], TrainConfig], optimizer: torch.optim.Optimizer, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler:
+def _progress(step: int, warmup: int, ceiling: int, decisions: list[tuple[int, int]]) -> float:
+    """How far the decay has gone at ``step`` (0 at the warm-up's end, 1 at the run's last step), piecewise linear.
+
+    The decay runs on a line from (start, value) to (end, 1); each decision moves the start to
+    its own step, at the value reached there, and the end to its new total.
+    """
+    start, value, end = warmup, 0.0, ceiling
+    for at, total in decisions:
+        if at > start:
+            value = min(1.0, value + (1 - value) * (at - start) / max(1, end - start))
+            start = at
+        end = total
+    return min(1.0, value + (1 - value) * (step - start) / max(1, end - start))
+
+
+def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                   plan: Sequence[Sequence[int]] = ()) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step scheduler following :func:`lr_factor`; its state dict is a step count only.
 
-    ``config`` may be a function returning the run's current config, so that a time budget's
-    figure, fixed after the scheduler is made, takes effect.
+    ``plan`` is the run's own list of time-budget decisions, read at every step, so decisions
+    added during the run take effect (after :meth:`Training.rewind` sets the next step's lr).
     """
-    current = config if callable(config) else (lambda: config)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, current(), steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config, steps_per_epoch, plan))

@@ -8,7 +8,9 @@ reading the data needs some of the answers (the validation split, the image size
    device and data call for, fill the fields that are unset;
 2. :func:`apply_data` after: for class folders the model, stem and image size from the images,
    and for the ``folder`` recipe the batch size, learning rate, warm-up, epochs and crop from the
-   number and size of the training images; then :data:`BASE_DEFAULTS` for whatever is left.
+   number and size of the training images; for the Fashion-MNIST presets, a batch, learning
+   rate and warm-up fitted to a subset or a short run (:func:`fit_preset_to_data`), never
+   overriding a value the user gave; then :data:`BASE_DEFAULTS` for whatever is left.
 
 The ``folder`` recipe was chosen on the validation splits of six small real sets
 (``benchmarks/small_folders.py``): scikit-learn's digits (1,437 images of 8 px), Fashion-MNIST
@@ -26,7 +28,7 @@ import torch
 from ..data import ImageSet, dataset_kind
 from ..models import model_spec
 from .config import TrainConfig
-from .presets import PRESETS
+from .presets import PRESETS, check_preset
 
 # Class folders: the model, stem and image size follow the data even under a named preset (the
 # presets' values for these are Fashion-MNIST's), unless they are set.
@@ -48,13 +50,64 @@ def apply_preset(config: TrainConfig, device: torch.device) -> tuple[TrainConfig
         name = "folder" if folder else ("fast" if device.type == "cuda" else "cpu")
         why = ("class folders" if folder else "a CUDA GPU" if device.type == "cuda" else "no CUDA GPU")
         note = f"no --preset given: using '{name}' ({why})"
-    values = {k: v for k, v in PRESETS[name].items() if not (folder and k in DATA_DECIDES)}
+    values = {k: v for k, v in PRESETS[check_preset(name)].items() if not (folder and k in DATA_DECIDES)}
     return config.replace(preset=name, **{k: v for k, v in values.items() if getattr(config, k) is None}), note
 
 
 def stem_for(size: int, device: torch.device) -> str:
     """The stem for square images of side ``size``: ``small`` keeps small images' detail, ``imagenet`` is 16x cheaper."""
     return "small" if size <= SMALL_STEM_MAX.get(device.type, SMALL_STEM_MAX_ACCELERATOR) else "imagenet"
+
+
+def batch_for(num_images: int, largest: int) -> int:
+    """A power-of-two batch of about a 24th of the images, from 16 to ``largest``, and never more than the images.
+
+    A dozen or more steps an epoch even for a few hundred images: one step an epoch at a
+    large batch and a large learning rate is what made small sets blow up.
+    """
+    batch = min(largest, max(16, 2 ** round(math.log2(max(num_images, 1) / 24))))
+    return min(batch, _power_of_two_at_most(num_images))
+
+
+def _power_of_two_at_most(n: int) -> int:
+    return 2 ** int(math.log2(max(n, 1)))
+
+
+# The Fashion-MNIST presets whose batch and learning rate are fitted to a subset (d2l is the book's
+# recipe: it only ever shrinks its batch to fit the images).
+FITTED_PRESETS = ("cpu", "fast", "best")
+# A preset's warm-up takes at most this share of the epochs (a one-epoch run would be all warm-up).
+MAX_WARMUP_SHARE = 0.25
+
+
+def fit_preset_to_data(preset: str, num_images: int, epochs: int, typed: set[str]) -> tuple[dict[str, Any], str | None]:
+    """A Fashion-MNIST preset's batch, lr and warm-up for ``num_images`` training images and ``epochs``; a line if changed.
+
+    The presets' values are for the 55,000 training images: on 6,000 their batch 512 gave 11
+    steps an epoch and lr 0.2 blew up (loss 5.8), and on 256 images the batch did not fit. So
+    the batch follows :func:`batch_for` (at most the preset's), the learning rate scales with it
+    (the preset's lr per image), and the warm-up takes at most a quarter of the epochs. A field
+    in ``typed`` (given by flag, file or caller) is never changed; d2l only shrinks its batch to fit.
+    """
+    values = PRESETS[preset]
+    changes: dict[str, Any] = {}
+    if "batch_size" not in typed:
+        largest = values["batch_size"]
+        batch = batch_for(num_images, largest) if preset in FITTED_PRESETS else min(largest, _power_of_two_at_most(num_images))
+        if batch != largest:
+            changes["batch_size"] = batch
+            if "lr" not in typed and preset in FITTED_PRESETS:
+                changes["lr"] = values["lr"] * batch / largest
+    warmup = values.get("warmup_epochs", 0.0)
+    if "warmup_epochs" not in typed and warmup > MAX_WARMUP_SHARE * epochs:
+        changes["warmup_epochs"] = MAX_WARMUP_SHARE * epochs
+    if not changes:
+        return changes, None
+    was = {"batch_size": f"{values['batch_size']}", "lr": f"{values['lr']:g}", "warmup_epochs": f"{warmup:g}"}
+    shown = {"batch_size": "batch {}", "lr": "lr {:g}", "warmup_epochs": "warm-up {:g} epochs"}
+    said = ", ".join(shown[k].format(v) + f" (not {was[k]})" for k, v in changes.items())
+    epochs_said = f"{epochs} epoch{'' if epochs == 1 else 's'}"
+    return changes, f"the {preset} preset fitted to {num_images:,} training images and {epochs_said}: {said}"
 
 
 def folder_recipe(num_images: int, size: int, device: torch.device) -> dict[str, Any]:
@@ -69,7 +122,7 @@ def folder_recipe(num_images: int, size: int, device: torch.device) -> dict[str,
     to 0.847 on the photograph patches). Crop padding: a twelfth of the side (on 8 px digits 1
     px gave 0.989, 2 px 0.975). On the CPU a 10-minute time budget caps the run.
     """
-    batch = int(min(256, max(16, 2 ** round(math.log2(max(num_images, 1) / 24)))))
+    batch = batch_for(num_images, 256)
     steps_per_epoch = max(1, num_images // batch)
     return {
         "batch_size": batch,
@@ -81,11 +134,20 @@ def folder_recipe(num_images: int, size: int, device: torch.device) -> dict[str,
     }
 
 
-def apply_data(config: TrainConfig, train: ImageSet, device: torch.device) -> tuple[TrainConfig, str | None]:
-    """Fill what follows from the training images, then the base defaults; return the config and a line describing a folder recipe."""
+def apply_data(config: TrainConfig, train: ImageSet, device: torch.device,
+               typed: set[str] | None = None) -> tuple[TrainConfig, str | None]:
+    """Fill what follows from the training images, then the base defaults; return the config and a line saying what was fitted.
+
+    ``typed``: the fields the user gave (flags, file or caller); None: all fields set before the
+    preset was applied count as given, so nothing of the preset is fitted.
+    """
     folder = dataset_kind(config.data) == "folder"
     size = int(train.images.shape[-1])
     fill: dict[str, Any] = {}
+    fitted = None
+    if not folder and typed is not None and config.preset in PRESETS and config.preset != "folder":
+        changes, fitted = fit_preset_to_data(config.preset, len(train), config.epochs, typed)
+        config = config.replace(**changes)
     if folder:
         fill["model"] = "resnet18"
         fill["model_args"] = {"stem": "auto"} if model_spec(config.model or "resnet18").stems else {}
@@ -99,7 +161,7 @@ def apply_data(config: TrainConfig, train: ImageSet, device: torch.device) -> tu
     if args.get("stem") == "auto":
         args["stem"] = stem_for(config.image_size, device)
         config = config.replace(model_args=args)
-    line = None
+    line = fitted
     if config.preset == "folder":
         stem = f" ({args['stem']} stem)" if "stem" in args else ""
         budget = f", at most {config.time_budget:g} min" if config.time_budget else ""

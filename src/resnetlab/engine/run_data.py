@@ -1,8 +1,6 @@
-"""A run's data: Fashion-MNIST or a class folder, split and limited as configured, and what follows from it."""
+"""A run's data: Fashion-MNIST or a class folder, split and limited as configured, and its channel statistics."""
 
 from __future__ import annotations
-
-import hashlib
 
 import torch
 
@@ -11,24 +9,12 @@ from ..log import Log, warn_stderr
 from .config import TrainConfig
 
 
-
 def load_data(config: TrainConfig, warn: Log = warn_stderr) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
     """(train, validation or None, test or None) as configured (``open_dataset``), limited to ``limit_train``/``limit_test``."""
     splits = open_dataset(config.data, image_size=config.image_size, channels=config.channels, val_split=config.val_split,
                           val_fraction=config.val_fraction, seed=config.seed, strict=config.strict, warn=warn)
     test = splits.test.limit(config.limit_test) if splits.test is not None else None
     return splits.train.limit(config.limit_train), splits.val, test
-
-
-def data_fingerprint(*sets: ImageSet | None) -> str:
-    """A SHA-256 over the images and labels of the splits: a resumed run must see the same data."""
-    digest = hashlib.sha256()
-    for data in sets:
-        if data is not None:
-            digest.update(str(tuple(data.images.shape)).encode())
-            digest.update(data.images.numpy().tobytes())
-            digest.update(data.labels.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import ResnetlabError
 from ..fileio import write_text
+from ..log import Log, warn_stderr
 from ..weights import WeightsHeader, save_weights
 from .distributed import Dist
 from .metrics import plot_curves, write_csv
@@ -23,8 +24,12 @@ def default_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name}"
 
 
-def prepare_run_dir(out: str | None, model_name: str) -> Path:
-    """Create the run folder (refusing one that already holds a run); point ``runs/latest`` at it."""
+def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -> Path:
+    """Create the run folder (refusing one that already holds a run); point ``runs/latest`` at it.
+
+    ``runs/latest`` is only ever replaced when it is the link this function made: a real folder
+    of that name (an earlier ``--out runs/latest``, say) is left alone, with a warning.
+    """
     run_dir = Path(out) if out else default_run_dir(model_name)
     if (run_dir / "config.json").exists():
         raise ResnetlabError(
@@ -36,10 +41,18 @@ def prepare_run_dir(out: str | None, model_name: str) -> Path:
         raise ResnetlabError(f"--out {run_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
     if out is None:
         link = run_dir.parent / "latest"
+        if link.exists() and not link.is_symlink():
+            warn(f"warning: {link} is not the link to the latest run but a {'folder' if link.is_dir() else 'file'} "
+                 f"of its own; left as it is (this run is {run_dir}, --resume needs its name)")
+            return run_dir
         tmp = run_dir.parent / f".latest.{run_dir.name}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(run_dir.name)
-        tmp.replace(link)
+        try:
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(run_dir.name)
+            tmp.replace(link)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            warn(f"warning: cannot point {link} at this run ({exc.strerror}); it is {run_dir}")
     return run_dir
 
 
@@ -55,9 +68,9 @@ class RunFolder:
         self.path, self.writes = path, writes
 
     @classmethod
-    def create(cls, out: str | None, model_name: str, dist: Dist) -> "RunFolder":
+    def create(cls, out: str | None, model_name: str, dist: Dist, warn: Log = warn_stderr) -> "RunFolder":
         """Rank 0 creates the folder (see :func:`prepare_run_dir`); every rank learns its path."""
-        path = prepare_run_dir(out, model_name) if dist.is_main else None
+        path = prepare_run_dir(out, model_name, warn) if dist.is_main else None
         return cls(Path(dist.broadcast_text(str(path) if path is not None else None)), dist.is_main)
 
     def __truediv__(self, name: str) -> Path:

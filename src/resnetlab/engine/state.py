@@ -30,7 +30,7 @@ from .checkpoint import load_tensors_only, unwrap
 from .steps import Training
 
 STATE_FILE = "train_state.pt"
-FORMAT = "resnetlab.train_state/2"
+FORMAT = "resnetlab.train_state/3"  # 3: the time budget's plan; a fingerprint per split
 
 
 @dataclass
@@ -51,6 +51,7 @@ class Progress:
     history: list[dict] = field(default_factory=list)  # one row per finished epoch (metrics.csv)
     best_score: float = -1.0  # validation accuracy of the best epoch (its index when there is no validation)
     best_epoch: int = 0  # 1-based; 0: none yet
+    plan: list[list[int]] = field(default_factory=list)  # the time budget's decisions [global step, total steps] (budget.py)
 
     def start_epoch(self, device: torch.device) -> None:
         """Reset the running sums for a new epoch (kept when resuming mid-epoch)."""
@@ -118,9 +119,9 @@ def save_train_state(
     progress: Progress,
     best_weights: dict[str, torch.Tensor] | None,
     config: dict[str, Any],
-    data: str,
+    data: dict[str, str | None],
 ) -> None:
-    """Write the whole train state to ``path`` atomically (``data``: the data's fingerprint)."""
+    """Write the whole train state to ``path`` atomically (``data``: each split's fingerprint)."""
     state = {
         "format": FORMAT,
         "versions": versions(),
@@ -155,8 +156,11 @@ def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def restore_train_state(state: dict[str, Any], training: Training) -> Progress:
-    """Load a state read by :func:`load_train_state` into ``training``; return its progress."""
+def restore_train_state(state: dict[str, Any], training: Training) -> None:
+    """Load the model, optimiser, schedule, EMA, loss scale and random states of a state read by :func:`load_train_state`.
+
+    Its progress is read apart (``Progress.from_dict(state["progress"], device)``).
+    """
     unwrap(training.model).load_state_dict(state["model"])
     training.optimizer.load_state_dict(state["optimizer"])
     training.scheduler.load_state_dict(state["scheduler"])
@@ -165,4 +169,3 @@ def restore_train_state(state: dict[str, Any], training: Training) -> Progress:
     if training.scaler is not None and state.get("amp_scaler"):
         training.scaler.load_state_dict(state["amp_scaler"])
     restore_rng(state["rng"])
-    return Progress.from_dict(state["progress"], training.device)

@@ -7,8 +7,11 @@ start, ``train_state.pt`` after every epoch (and every ``save_every`` steps), so
 any instant continues from its last save with the same result (``state.py``).
 
 With a time budget (``--time-budget MINUTES``, the ``cpu`` preset's 10) the run measures its
-speed over its first steps, then fixes its number of steps so that the whole run, evaluation and
-files included, ends within the budget; that figure goes into ``config.json`` (``max_steps``).
+speed over its first steps and plans its number of steps so that the whole run, evaluation and
+files included, ends within the budget, then plans again at every epoch's start from what the
+last epoch cost (``budget.py``); the decisions go into the train state and ``config.json``
+(``budget_plan``). Every time the run reads comes from one clock, ``time.monotonic`` unless
+the caller passes another (tests pass a fake one).
 """
 
 from __future__ import annotations
@@ -32,29 +35,24 @@ from ..errors import LostContactError, NonFiniteLossError, ResnetlabError, Train
 from ..fileio import remove_stale_temporaries, write_text
 from ..log import Log, silent, warn_stderr
 from ..models.small_maps import use_small_map_products
-from ..runtime import configure_backends, resolve_device, resolve_precision, seed_everything
+from ..runtime import configure_backends, is_out_of_memory, resolve_device, resolve_precision, seed_everything
 from ..scoring import evaluate
 from ..weights import Preprocess, WeightsHeader
 from .checkpoint import unwrap
-from .config import BASE_DEFAULTS, RESUME_OVERRIDES, TrainConfig, load_config_file, validate
+from .budget import FILE_SECONDS, SETTLE_STEPS, Costs, affordable_steps, estimated_costs, eval_image_seconds, measure_until
+from .config import BASE_DEFAULTS, RESUME_OVERRIDES, TrainConfig, check_init_file, load_config_file, validate
 from .distributed import Dist, convert_sync_batchnorm, env_rank, is_comm_failure, shutdown, wrap_ddp
 from .initialize import build_model, set_train_mode
-from .optim import make_optimizer, make_scheduler, measure_steps, total_steps
+from .optim import make_optimizer, make_scheduler, total_steps
 from .recalibrate import recalibrate_batchnorm
 from .resolve import apply_data, apply_preset
-from .run_data import channel_stats, data_fingerprint, load_data
+from .run_data import channel_stats, load_data
 from .run_folder import RunFolder, follow_link
 from .state import STATE_FILE, Progress, load_train_state, restore_train_state, save_train_state
 from .steps import Ema, Training, check_interval
 from .stop import StopSignals
 
-# Time-budget planning: an evaluated image costs this share of a trained one (forward only,
-# measured about a third; TTA doubles it), and each epoch's files (train state, weights, curves)
-# twice the 0.8 s measured for the seed's net on a 2-core CPU. The plan keeps this share of the
-# time in reserve for a machine that slows down.
-EVAL_COST = 0.5
-FILE_SECONDS = 1.5
-BUDGET_RESERVE = 0.05
+Clock = Callable[[], float]  # seconds, monotonic
 
 
 @dataclass
@@ -76,18 +74,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def process_age() -> float:
-    """Seconds since this process started (Linux); 0 where that cannot be read."""
-    try:
-        with open("/proc/self/stat", encoding="ascii") as f:
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime", encoding="ascii") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 @dataclass
 class Watch:
     """How a caller follows a run besides its lines: a progress bar per epoch, and a call after each epoch."""
@@ -96,25 +82,50 @@ class Watch:
     on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch (rank 0)
 
 
-def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, watch: Watch | None = None) -> TrainResult:
+def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, watch: Watch | None = None,
+        clock: Clock = time.monotonic) -> TrainResult:
     """Train as ``config`` says (unset fields decided as in ``resolve.py``); write the run folder; return the results.
 
-    ``started`` (a ``time.monotonic()`` value) is when the run's time budget began: the command
-    line passes the process's start, the library's default is now. Raises
-    :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
-    :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
+    ``started`` (a reading of ``clock``) is when the run's time budget began: the ``resnetlab``
+    command passes its process's start; the default is this call. ``clock`` is what every
+    duration is read from. Raises :class:`TrainingStopped` after saving the state if SIGINT or
+    SIGTERM arrives, and :class:`NonFiniteLossError` (state before the bad step saved) if the
+    loss stops being finite.
     """
-    validate(config)
-    return _Run(config, log, started=started, watch=watch).train()
+    started = clock() if started is None else started
+    check_init_file(validate(config))
+    return _train(config, log, started=started, watch=watch, clock=clock)
+
+
+def _train(config: TrainConfig, log: Log, **run: Any) -> TrainResult:
+    """Set the run up and train it; memory running out anywhere becomes one line naming what to lower."""
+    made = None
+    try:
+        made = _Run(config, log, **run)
+        return made.train()
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        device = made.device if made is not None else (config.device or "the device")
+        batch = made.config.batch_size if made is not None else config.batch_size
+        saved = made.folder / STATE_FILE if made is not None and (made.folder / STATE_FILE).exists() else None
+        raise ResnetlabError(
+            f"out of memory on {device}" + (f" at --batch-size {batch}" if batch else "") + f" ({first_line(exc)[:160]}); "
+            f"lower --batch-size" + (f" (to {max(1, batch // 2)}, say)" if batch else "") + " or --image-size in a new run"
+            + (f"; the state saved in {saved} continues with the same batch size once memory is free: "
+               f"resnetlab train --resume {made.folder.path}" if saved else "")
+        ) from None
 
 
 def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *, started: float | None = None,
-           **overrides: Any) -> TrainResult:
+           clock: Clock = time.monotonic, **overrides: Any) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``train_state.pt``, with the run's own config.
 
     Only the fields in :data:`RESUME_OVERRIDES` may be changed. A run killed before its first
-    save starts again from the beginning in the same folder (same seed, same result).
+    save starts again from the beginning in the same folder (same seed, same result). A time
+    budget goes on from what the earlier processes used (``started`` and ``clock`` as for :func:`fit`).
     """
+    started = clock() if started is None else started
     run_dir = follow_link(Path(run_dir))
     config_path = run_dir / "config.json"
     if not run_dir.is_dir():
@@ -129,32 +140,35 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *,
             f"--{changed[0].replace('_', '-')} cannot be changed when resuming: the run continues with its own "
             f"{config_path}; start a new run to change it"
         )
-    config = validate(TrainConfig.from_dict(load_config_file(config_path), str(config_path)).replace(**overrides))
+    recorded = validate(TrainConfig.from_dict(load_config_file(config_path), str(config_path)).replace(**overrides))
     state_path = run_dir / STATE_FILE
     state = load_train_state(state_path) if state_path.exists() else None
+    # config.json records the time budget's decisions so far; the run itself started from the plan it was given.
+    config = recorded
     if state is not None:
-        saved, current = state["config"], config.to_dict()
-        # A state saved before the time budget's figure was fixed has none; config.json's holds.
-        differ = sorted(k for k in current if k not in RESUME_OVERRIDES and saved.get(k) != current[k]
-                        and not (k == "max_steps" and saved.get(k) is None))
+        saved, current = state["config"], recorded.to_dict()
+        differ = sorted(k for k in current if k not in (*RESUME_OVERRIDES, "budget_plan") and saved.get(k) != current[k])
         if differ:
             raise ResnetlabError(
                 f"{config_path} differs from the config {state_path} was saved with (field {differ[0]!r}); "
                 "put the original back, or start a new run"
             )
+        config = recorded.replace(budget_plan=saved.get("budget_plan"))
+    else:
+        check_init_file(config)  # a run that never saved starts over, from its --init file again
     if env_rank() == 0:  # under torchrun only rank 0 writes
         if overrides:
-            write_text(config_path, config.to_json())
+            write_text(config_path, recorded.to_json())
         remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
-    return _Run(config, log, run_dir=run_dir, state=state, started=started).train()
+    return _train(config, log, run_dir=run_dir, state=state, started=started, clock=clock)
 
 
 class _Run:
     """One run from set-up to results: builds everything, runs the epochs, saves, finishes."""
 
-    def __init__(self, config: TrainConfig, log: Log, run_dir: Path | None = None, state: dict | None = None,
-                 started: float | None = None, watch: Watch | None = None) -> None:
-        self.started = time.monotonic() if started is None else started
+    def __init__(self, config: TrainConfig, log: Log, *, started: float, clock: Clock, run_dir: Path | None = None,
+                 state: dict | None = None, watch: Watch | None = None) -> None:
+        self.clock, self.started = clock, started
         self.state = state
         self.watch = watch or Watch()
         device = resolve_device(config.device or BASE_DEFAULTS["device"])
@@ -166,14 +180,16 @@ class _Run:
         model = self._set_up_model(train)
         self.folder = RunFolder(run_dir, self.dist.is_main) if run_dir else self._create_folder()
         self._set_up_loaders(train, val, test)
-        self._set_up_training(model)
         self._set_up_progress()
+        self._set_up_training(model)
+        self._set_up_budget()
         self._describe(len(train), len(val) if val is not None else 0, len(test) if test is not None else 0)
 
     # --- set-up -----------------------------------------------------------------------------
 
     def _set_up_data(self, config: TrainConfig) -> tuple[ImageSet, ImageSet | None, ImageSet | None]:
         """Decide the preset, read the data, decide what follows from it; check the batch and a resumed run's data."""
+        typed = {name for name, value in config.to_dict().items() if value is not None}  # given by the user
         config, note = apply_preset(config, self.device)
         self.precision = resolve_precision(config.precision or BASE_DEFAULTS["precision"], self.device)
         if note and self.state is None:
@@ -181,7 +197,7 @@ class _Run:
         config = config.replace(**{k: BASE_DEFAULTS[k] for k in ("seed", "val_split", "val_fraction", "strict")
                                    if getattr(config, k) is None})
         train, val, test = load_data(config, warn=warn_stderr if self.dist.is_main else silent)
-        config, recipe = apply_data(config.replace(precision=self.precision.name), train, self.device)
+        config, recipe = apply_data(config.replace(precision=self.precision.name), train, self.device, typed)
         if recipe and self.state is None:
             self.log(recipe)
         self.config = validate(config)
@@ -190,7 +206,9 @@ class _Run:
                                  f"{self.dist.world_size} processes; choose a multiple")
         if len(train) < config.batch_size:
             raise ResnetlabError(f"--batch-size {config.batch_size} is larger than the {len(train)} training images; lower it")
-        self.fingerprint = data_fingerprint(train, val, test)
+        # Each split's fingerprint: a resumed run checks them all, eval checks the split it measures.
+        self.fingerprint = {name: split.fingerprint() if split is not None else None
+                            for name, split in (("train", train), ("val", val), ("test", test))}
         if self.state is not None and self.state.get("data") != self.fingerprint:
             raise ResnetlabError(
                 f"the data differ from those the run was trained on (--data {config.data or 'default'}); "
@@ -214,7 +232,7 @@ class _Run:
 
     def _create_folder(self) -> RunFolder:
         """Only now, with data and model in hand, does a new run get a folder: a bad flag leaves nothing behind."""
-        folder = RunFolder.create(self.config.out, self.config.model, self.dist)
+        folder = RunFolder.create(self.config.out, self.config.model, self.dist, warn=warn_stderr)
         folder.write_text("config.json", self.config.to_json())
         return folder
 
@@ -250,25 +268,39 @@ class _Run:
         self.steps_per_epoch = len(self.train_loader)
         self.training = Training(
             config=config, model=model, step_model=torch.compile(step_model) if config.compile else step_model,
-            optimizer=optimizer, scheduler=make_scheduler(lambda: self.config, optimizer, self.steps_per_epoch),
+            optimizer=optimizer, scheduler=make_scheduler(config, optimizer, self.steps_per_epoch, self.progress.plan),
             criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
             ema=Ema(model, config.ema_decay) if config.ema_decay else None, device=self.device,
             precision=self.precision, distributed=self.dist.enabled,
         )
         self.check_every = check_interval(self.device)
+        if self.state is not None:
+            restore_train_state(self.state, self.training)
 
     def _set_up_progress(self) -> None:
-        self.progress, self.best_weights = Progress(), None
-        if self.state is not None:
-            self.progress = restore_train_state(self.state, self.training)
+        """Where the run stands: a fresh start (with the budget plan it was given, if any), or the saved progress."""
+        self.best_weights = None
+        if self.state is None:
+            self.progress = Progress(plan=[list(decision) for decision in self.config.budget_plan or []])
+        else:
+            self.progress = Progress.from_dict(self.state["progress"], self.device)
             self.best_weights = self.state["best_model"]
             if not self.dist.is_main:  # the saved sums are the whole job's: rank 0 carries them on
                 for name in ("loss_sum", "correct", "seen"):
                     getattr(self.progress, name).zero_()
         self.elapsed_before = self.progress.elapsed_seconds
-        # (global step, time) where the time budget's speed measurement began: this process's first step
-        # until the one-time costs of the first three are behind.
-        self.budget_clock = (self.progress.global_step, time.monotonic())
+        self.plan_recorded = list(self.progress.plan)  # what config.json says the plan is
+
+    def _set_up_budget(self) -> None:
+        """A time budget without a given plan: when this process measures its speed, and what it measured since."""
+        config, p = self.config, self.progress
+        self.planning = bool(config.time_budget) and not config.budget_plan
+        self.measure_at = measure_until(p.global_step, self.total_steps)
+        # The speed is timed from after the one-time costs of the first steps (or from now, for a short measurement).
+        self.settle_at = min(p.global_step + SETTLE_STEPS, self.measure_at - 1)
+        self.budget_mark = (p.global_step, self.clock())
+        self.epoch_end_seconds: float | None = None  # this process's last epoch end, measured
+        self.eval_image_seconds: float | None = None  # this process's last validation, per image
 
     def _describe(self, n_train: int, n_val: int, n_test: int) -> None:
         config, p = self.config, self.progress
@@ -288,8 +320,8 @@ class _Run:
 
     @property
     def total_steps(self) -> int:
-        """The steps this run takes (a time budget's figure once fixed, else all epochs')."""
-        return total_steps(self.config, self.steps_per_epoch)
+        """The steps this run takes (the time budget's last decision, else all epochs')."""
+        return total_steps(self.config, self.steps_per_epoch, self.progress.plan)
 
     @property
     def planned_epochs(self) -> int:
@@ -300,15 +332,24 @@ class _Run:
         try:
             with self.stop:  # a signal during the final test (seconds) only lets the run finish
                 while self.progress.global_step < self.total_steps:
+                    if self._replans_now():
+                        self._plan(self._measured_costs(), f"at epoch {self.progress.epoch + 1}")
+                        if self.progress.global_step >= self.total_steps:
+                            break
                     self._train_epoch()
+                    began = self.clock()
                     self._end_epoch()
+                    self.epoch_end_seconds = self.clock() - began
+                    if self.planning and self.progress.global_step < self.measure_at:
+                        # Steps are being timed: an epoch's end between them is not step time.
+                        self.budget_mark = (self.budget_mark[0], self.budget_mark[1] + self.epoch_end_seconds)
                     if self.dist.any(self.stop.requested, self.device):
                         self._stopped()
                 result = self._finish()
             self.dist.barrier()  # leave together: a rank tearing down early can abort its peer
             return result
         except RuntimeError as exc:
-            if not (self.dist.enabled and is_comm_failure(exc)):
+            if is_out_of_memory(exc) or not (self.dist.enabled and is_comm_failure(exc)):
                 raise
             raise LostContactError(
                 f"rank {self.dist.rank} lost contact with the other processes ({first_line(exc)[:200]}); the last saved "
@@ -330,7 +371,7 @@ class _Run:
 
             bar = tqdm(total=last_step, initial=p.step, desc=f"epoch {p.epoch + 1}/{self.planned_epochs}",
                        unit="step", leave=False)
-        start, before = time.perf_counter(), p.epoch_seconds
+        start, before = self.clock(), p.epoch_seconds
         for x, y in loader.batches(p.epoch, p.step):
             loss, logits, applied = training.train_step(x, y, p.global_step, self.stop.requested)
             # Sums on the device, counting only applied steps; nothing here waits for the device.
@@ -341,13 +382,14 @@ class _Run:
             p.global_step += 1
             if bar is not None:
                 bar.update(1)
-            self._time_budget()
+            if self.planning:
+                self._measure()
             last_step = min(self.steps_per_epoch, self.total_steps - (p.global_step - p.step))
             saving = bool(self.config.save_every) and p.global_step % self.config.save_every == 0
             local_stop = self.stop.requested and not self.dist.enabled  # under torchrun ranks agree at checks
             if not (p.step >= last_step or saving or local_stop or p.global_step % self.check_every == 0):
                 continue
-            p.epoch_seconds = before + time.perf_counter() - start
+            p.epoch_seconds = before + self.clock() - start
             reading = training.guard.read()  # the only wait for the device between checks
             p.skipped += reading.skipped
             if reading.halted:
@@ -361,59 +403,60 @@ class _Run:
                 self._stopped()
             if saving:
                 self._save_state()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        p.epoch_seconds = before + time.perf_counter() - start
+        self._sync()
+        p.epoch_seconds = before + self.clock() - start
         if bar is not None:
             bar.close()
 
-    def _time_budget(self) -> None:
-        """With a time budget: measure the speed over the first steps, then fix the number of steps (once)."""
-        config, p = self.config, self.progress
-        if not config.time_budget or config.max_steps:
-            return
-        commit_at = measure_steps(config, self.steps_per_epoch)
-        if p.global_step < commit_at:
-            if p.global_step <= 3:
-                # The first steps carry one-time costs (kernel selection, allocations): the clock starts after them.
-                self._sync()
-                self.budget_clock = (p.global_step, time.monotonic())
-            return
-        if p.global_step > commit_at:
-            return  # the figure is fixed at that one step (a state saved after it holds it, so this is not reached)
-        self._sync()
-        first_step, first_time = self.budget_clock
-        step_seconds = (time.monotonic() - first_time) / max(1, p.global_step - first_step)
-        steps = self._affordable_steps(step_seconds)
-        steps = int(self.dist.sum_(torch.tensor([steps if self.dist.is_main else 0], device=self.device)).item())
-        self.config = config = config.replace(max_steps=steps)  # the scheduler reads the run's config from here on
-        self.training.rewind(p.global_step)  # the next step's lr, already set, follows the steps bought
-        self.folder.write_text("config.json", config.to_json())
-        rate = config.batch_size / step_seconds
-        self.log(f"{config.time_budget:g} min budget: {steps / self.steps_per_epoch:.1f} epochs ({steps:,} steps) "
-                 f"at {rate:,.0f} img/s" + ("" if steps < config.epochs * self.steps_per_epoch else
-                                             f", all {config.epochs} epochs fit"))
+    def _replans_now(self) -> bool:
+        """Whether to plan again: an epoch starts, and this process has measured its speed and an epoch's end."""
+        p = self.progress
+        return (self.planning and p.step == 0 and self.epoch_end_seconds is not None
+                and p.global_step >= self.measure_at)
 
-    def _affordable_steps(self, step_seconds: float) -> int:
-        """The most steps (at least those done, at most all epochs') whose run ends within the time budget."""
+    def _measure(self) -> None:
+        """After a step: time this process's first steps, and plan once they are measured."""
+        p = self.progress
+        if p.global_step == self.settle_at:
+            self._sync()
+            self.budget_mark = (p.global_step, self.clock())
+        elif p.global_step == self.measure_at:
+            self._sync()
+            first_step, first_time = self.budget_mark
+            step_seconds = (self.clock() - first_time) / max(1, p.global_step - first_step)
+            per_epoch = sum(loader.num_examples for loader in (self.val_loader, self.recalibration_loader) if loader)
+            if self.config.test_each_epoch and self.test_loader:
+                per_epoch += self.test_loader.num_examples
+            final = self.test_loader.num_examples if self.test_loader else 0
+            self._plan(estimated_costs(step_seconds, self.config.batch_size, per_epoch, final, self.config.tta), "")
+
+    def _measured_costs(self) -> Costs:
+        """What the last epoch cost this process: its steps, its end; the final test from the validation's speed."""
+        last = self.progress.history[-1]
+        step_seconds = last["seconds"] / self.steps_per_epoch
+        images = self.test_loader.num_examples if self.test_loader else 0
+        per_image = self.eval_image_seconds  # None without a validation to time: an estimate from the step
+        if per_image is None:
+            per_image = eval_image_seconds(step_seconds, self.config.batch_size, self.config.tta)
+        return Costs(step_seconds, self.epoch_end_seconds, images * per_image + FILE_SECONDS)
+
+    def _plan(self, costs: Costs, when: str) -> None:
+        """Decide the run's total steps from ``costs`` (rank 0 decides for all), record it, set the next step's lr."""
         config, p = self.config, self.progress
-        left = config.time_budget * 60 - self._elapsed()
-        left -= BUDGET_RESERVE * config.time_budget * 60
-        image_seconds = step_seconds / config.batch_size * EVAL_COST * (2 if config.tta else 1)
-        per_epoch_images = sum(loader.num_examples for loader in (self.val_loader, self.recalibration_loader) if loader)
-        if config.test_each_epoch and self.test_loader:
-            per_epoch_images += self.test_loader.num_examples
-        epoch_end = per_epoch_images * image_seconds + FILE_SECONDS
-        final = (self.test_loader.num_examples if self.test_loader else 0) * image_seconds + FILE_SECONDS
-        ceiling = config.epochs * self.steps_per_epoch
-        steps = p.global_step
-        while steps < ceiling:
-            more = steps + 1
-            ends = math.ceil(more / self.steps_per_epoch)
-            if (more - p.global_step) * step_seconds + ends * epoch_end + final > left:
-                break
-            steps = more
-        return max(steps, p.global_step)
+        before = self.total_steps if p.plan else None
+        steps = affordable_steps(budget_seconds=config.time_budget * 60, elapsed=self._elapsed(), done=p.global_step,
+                                 steps_per_epoch=self.steps_per_epoch, ceiling=config.epochs * self.steps_per_epoch,
+                                 costs=costs)
+        steps = int(self.dist.sum_(torch.tensor([steps if self.dist.is_main else 0], device=self.device)).item())
+        if steps == before:
+            return  # the plan holds
+        p.plan.append([p.global_step, steps])
+        self.training.rewind(p.global_step)  # the next step's lr, already set, follows the new plan
+        rate = config.batch_size / costs.step if costs.step > 0 else float("inf")
+        fit_all = steps >= config.epochs * self.steps_per_epoch
+        self.log(f"{config.time_budget:g} min budget{', re-planned ' + when if when else ''}: "
+                 f"{steps / self.steps_per_epoch:.1f} epochs ({steps:,} steps) at {rate:,.0f} img/s"
+                 + (f", all {config.epochs} epochs fit" if fit_all and not when else ""))
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -446,7 +489,11 @@ class _Run:
         train_acc = int(p.correct) / seen if seen else float("nan")
         net = self.training.eval_model
         self._recalibrate(net)
-        val_acc = self._evaluate(net, self.val_loader)["acc"] if self.val_loader else None
+        val_acc = None
+        if self.val_loader:
+            began = self.clock()
+            val_acc = self._evaluate(net, self.val_loader)["acc"]
+            self.eval_image_seconds = (self.clock() - began) / max(1, self.val_loader.num_examples)
         test_acc = self._evaluate(net, self.test_loader)["acc"] if config.test_each_epoch and self.test_loader else None
         row = {
             "epoch": p.epoch + 1,
@@ -521,8 +568,13 @@ class _Run:
         return WeightsHeader(
             model=config.model, model_args=unwrap(self.training.model).model_args, class_names=self.class_names,
             preprocess=preprocess, precision=self.precision.name, preset=config.preset or "", epoch=epoch,
-            metrics={k: v for k, v in row.items() if v is not None}, config=config.to_dict(),
+            metrics={k: v for k, v in row.items() if v is not None}, config=self._recorded_config().to_dict(),
+            data=self.fingerprint,
         )
+
+    def _recorded_config(self) -> TrainConfig:
+        """The run's config with the time budget's decisions so far: what ``config.json`` records."""
+        return self.config.replace(budget_plan=[list(d) for d in self.progress.plan] or None)
 
     def _write_epoch_files(self, best_changed: bool, last: bool) -> None:
         """best/last.safetensors, metrics.csv and curves.png for the epochs so far (rank 0 only)."""
@@ -536,7 +588,7 @@ class _Run:
 
     def _elapsed(self) -> float:
         """Wall time of the whole run: earlier processes (up to their last save) plus this one."""
-        return self.elapsed_before + time.monotonic() - self.started
+        return self.elapsed_before + self.clock() - self.started
 
     def _save_state(self) -> None:
         """Write train_state.pt (all ranks must call it: the running sums are gathered first)."""
@@ -547,6 +599,9 @@ class _Run:
         self.progress.elapsed_seconds = self._elapsed()
         save_train_state(self.folder / STATE_FILE, self.training, self.progress, self.best_weights,
                          self.config.to_dict(), data=self.fingerprint)
+        if self.progress.plan != self.plan_recorded:  # after the state: config.json never runs ahead of it
+            self.folder.write_text("config.json", self._recorded_config().to_json())
+            self.plan_recorded = [list(d) for d in self.progress.plan]
 
     def _stopped(self) -> None:
         """The state is saved: leave with a message that says how to continue."""

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..errors import ResnetlabError
 from .config import (
-    CHOICES, RESUME_OVERRIDES, TrainConfig, check_types, field_help, field_kind, field_names, flag, load_config_file, validate,
+    CHOICES, RESUME_OVERRIDES, TrainConfig, check_types, field_help, field_kind, field_names, flag, has_flag, load_config_file,
+    validate,
 )
 from .presets import check_preset, preset_names
 
@@ -24,7 +25,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per :class:`TrainConfig` field to ``parser``."""
     parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of config fields (flags override it)")
     helps = field_help()
-    for name in field_names():
+    for name in filter(has_flag, field_names()):
         kind = field_kind(name)
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": helps[name].replace("%", "%%")}
         if name == "preset":
