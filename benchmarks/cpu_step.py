@@ -29,6 +29,7 @@ from machine import cpu_flags, describe  # noqa: E402
 
 from resnetlab.engine import from_preset  # noqa: E402
 from resnetlab.engine.initialize import build_model  # noqa: E402
+from resnetlab.engine.recipe import with_base_defaults  # noqa: E402
 from resnetlab.engine.optim import make_optimizer, make_scheduler  # noqa: E402
 from resnetlab.runtime import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from resnetlab.engine.steps import Training  # noqa: E402
@@ -53,7 +54,7 @@ def _timed(fn) -> float:
 
 def make_step(precision_name: str, channels_last: bool, small_maps: bool, batch: int, compile_model: bool):
     """A closure running one training step of the variant, and its precision."""
-    config = from_preset("cpu").with_defaults().replace(batch_size=batch, channels_last=channels_last)
+    config = with_base_defaults(from_preset("cpu")).replace(batch_size=batch, channels_last=channels_last)
     device = torch.device("cpu")
     precision = resolve_precision(precision_name, device)
     torch.manual_seed(0)

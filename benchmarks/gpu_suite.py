@@ -151,13 +151,14 @@ def flops_part(args, peak: float) -> None:
     from torch import nn
 
     from resnetlab.engine.initialize import build_model
+    from resnetlab.engine.recipe import with_base_defaults
     from resnetlab.engine.optim import make_optimizer, make_scheduler
     from resnetlab.runtime import resolve_precision
     from resnetlab.engine.steps import Training
     from resnetlab.summarize import summary
 
     device = torch.device(args.device)
-    config = from_preset("fast")
+    config = with_base_defaults(from_preset("fast"))
     batch = 64 if args.smoke else config.batch_size
     model = build_model(config, 1, 10).to(device)
     macs = summary(model, (1, 1, config.image_size, config.image_size)).total_macs

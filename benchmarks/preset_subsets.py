@@ -5,8 +5,8 @@ seed and recipe, through ``fit()`` in this process (no time budget, so every rec
 
 - ``before``: the preset's batch 512, lr 0.2 and warm-up 1 epoch, typed, as every run got them before
   the presets were fitted to the data (so nothing is fitted);
-- ``after``: no flag: the batch from ``resolve.batch_for``, the lr scaled with it, the warm-up at most a
-  quarter of the epochs (``resolve.fit_preset_to_data``);
+- ``after``: no flag: the batch from ``recipe.batch_for``, the lr scaled with it, the warm-up at most a
+  quarter of the epochs (``recipe.fit_preset_to_data``);
 - ``after-sqrt``: the same batch with the lr scaled by the square root of the batch ratio instead,
   the alternative the rule was chosen against.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from resnetlab.engine import PRESETS, TrainConfig, fit  # noqa: E402
-from resnetlab.engine.resolve import batch_for  # noqa: E402
+from resnetlab.engine.recipe import batch_for  # noqa: E402
 
 RECIPES = ("before", "after", "after-sqrt")
 

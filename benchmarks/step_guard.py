@@ -25,13 +25,14 @@ from machine import describe  # noqa: E402
 
 from resnetlab.engine import from_preset  # noqa: E402
 from resnetlab.engine.initialize import build_model  # noqa: E402
+from resnetlab.engine.recipe import with_base_defaults  # noqa: E402
 from resnetlab.engine.optim import make_optimizer, make_scheduler  # noqa: E402
 from resnetlab.runtime import resolve_precision  # noqa: E402
 from resnetlab.engine.steps import Training  # noqa: E402
 
 
 def main() -> None:
-    config = from_preset("cpu")
+    config = with_base_defaults(from_preset("cpu"))
     device = torch.device("cpu")
     precision = resolve_precision(config.precision, device)
     model = build_model(config, 1, 10).to(memory_format=torch.channels_last)

@@ -24,8 +24,9 @@ from resnetlab.engine import TrainConfig, fit, resume
 from resnetlab.engine.budget import Costs, affordable_steps, estimated_costs, measure_until
 from resnetlab.engine.config import load_config_file
 from resnetlab.engine.optim import lr_factor
+from resnetlab.engine.recipe import with_base_defaults
 from resnetlab.engine.steps import Training
-from resnetlab.errors import TrainingStopped
+from resnetlab.errors import ResnetlabError, TrainingStopped
 
 # --- the planner, a pure function ----------------------------------------------------------------
 
@@ -55,6 +56,11 @@ def test_the_planner_never_goes_below_the_steps_done_or_above_the_ceiling():
     costs = Costs(step=1.0, epoch_end=1.0, final=1.0)
     assert affordable_steps(budget_seconds=10, elapsed=50, done=30, steps_per_epoch=10, ceiling=100, costs=costs) == 30
     assert affordable_steps(budget_seconds=1e9, elapsed=0, done=30, steps_per_epoch=10, ceiling=100, costs=costs) == 100
+    # Steps measured to cost nothing (or not a number) buy nothing once the time is spent, and everything while it is not.
+    for step in (0.0, float("nan")):
+        free = Costs(step=step, epoch_end=1.0, final=1.0)
+        assert affordable_steps(budget_seconds=60, elapsed=1000, done=30, steps_per_epoch=10, ceiling=100, costs=free) == 30
+        assert affordable_steps(budget_seconds=600, elapsed=0, done=30, steps_per_epoch=10, ceiling=100, costs=free) == 100
 
 
 def test_estimated_costs_follow_the_step_time():
@@ -69,7 +75,7 @@ def test_estimated_costs_follow_the_step_time():
 
 
 def test_the_schedule_spans_the_steps_bought_and_the_measured_steps_are_those_of_the_ceiling():
-    config = TrainConfig(epochs=10, schedule="onecycle", warmup_epochs=0.5, time_budget=1.0).with_defaults()
+    config = with_base_defaults(TrainConfig(epochs=10, schedule="onecycle", warmup_epochs=0.5, time_budget=1.0))
     plan = [[20, 40]]
     for step in range(20):  # before the first decision: the ceiling's schedule, with or without the plan
         assert lr_factor(step, config, 20, plan) == lr_factor(step, config, 20)
@@ -82,7 +88,7 @@ def test_the_schedule_spans_the_steps_bought_and_the_measured_steps_are_those_of
 
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 def test_a_replan_continues_the_decay_without_a_jump(schedule):
-    config = TrainConfig(epochs=20, schedule=schedule, warmup_epochs=1.0, time_budget=1.0).with_defaults()
+    config = with_base_defaults(TrainConfig(epochs=20, schedule=schedule, warmup_epochs=1.0, time_budget=1.0))
     spe = 10
     plan = [[20, 150], [60, 100], [80, 130]]  # bought 150, lowered to 100 at step 60, raised to 130 at step 80
     factors = [lr_factor(step, config, spe, plan) for step in range(130)]
@@ -92,6 +98,17 @@ def test_a_replan_continues_the_decay_without_a_jump(schedule):
     assert factors[-1] < 0.02 and factors[-1] >= 0  # and the last step of the last plan is at the end of the decay
     shorter = [lr_factor(step, config, spe, plan[:2]) for step in range(100)]
     assert shorter[-1] < 0.03  # the lowered plan on its own also ends at the bottom of its decay
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+@pytest.mark.parametrize("plan", [[[20, 30]], [[5, 12]], [[20, 150]], [[20, 4000], [100, 180]]])
+def test_a_budget_that_shortens_the_warmup_never_jumps(schedule, plan):
+    # Two epochs of 50 steps of warm-up; budgets that bought less than twice that cut it short.
+    config = with_base_defaults(TrainConfig(epochs=20, schedule=schedule, warmup_epochs=2.0, time_budget=1.0))
+    factors = [lr_factor(step, config, 50, plan) for step in range(plan[-1][1])]
+    assert max(abs(a - b) for a, b in zip(factors, factors[1:])) <= 0.035  # the warm-up's own slope is 0.01 a step
+    assert factors[:5] == pytest.approx([0.01, 0.02, 0.03, 0.04, 0.05])  # the warm-up as planned until the decision
+    assert factors[-1] <= 0.03  # and the decay still ends near zero at the last step bought
 
 
 # --- whole runs on a fake clock ------------------------------------------------------------------
@@ -169,6 +186,23 @@ def test_the_budget_counts_from_the_start_it_is_given(fake_time, tiny_data, tmp_
     assert len(result.history) == 2 and result.history[-1]["epoch"] == 2  # an epoch and a third, its end included
 
 
+def test_a_plan_that_ends_the_run_at_an_epoch_start_is_recorded(fake_time, tiny_data, tmp_path):
+    clock, speed = fake_time
+    speed["of"] = lambda step: STEP_SECONDS if step < 20 else 3 * STEP_SECONDS  # three times slower after step 20
+    result = fit(budgeted(tiny_data, tmp_path, "cut"), log=quiet, clock=clock, started=clock())
+    plan = json.loads((tmp_path / "cut" / "config.json").read_text())["budget_plan"]
+    steps = len(result.history) * 15
+    assert plan[-1] == [steps, steps]  # the last decision, at an epoch's start, ended the run there, and says so
+    assert result.total_seconds <= BUDGET_MINUTES * 60
+
+
+def test_a_given_plan_that_does_not_fit_the_epochs_is_refused(tiny_data, tmp_path):
+    config = budgeted(tiny_data, tmp_path, "given", budget_plan=[[20, 10_000]])
+    with pytest.raises(ResnetlabError, match=r"^budget_plan buys 10,000 steps, more than the 30 epochs of 15 steps allow"):
+        fit(config, log=quiet)
+    assert not (tmp_path / "given").exists()
+
+
 @pytest.mark.slow
 def test_a_stopped_budgeted_run_resumes_and_its_config_repeats_it_exactly(fake_time, tiny_data, tmp_path, monkeypatch):
     clock, speed = fake_time
@@ -203,10 +237,10 @@ def test_a_stopped_budgeted_run_resumes_and_its_config_repeats_it_exactly(fake_t
 
 def test_an_in_process_command_counts_from_its_own_call_and_the_script_from_its_process_start(monkeypatch):
     import resnetlab.cli as cli
-    import resnetlab.engine as engine
+    import resnetlab.cli.train as train_command
 
     seen = {}
-    monkeypatch.setattr(engine, "fit", lambda config, started: seen.update(started=started))
+    monkeypatch.setattr(train_command, "fit", lambda config, started: seen.update(started=started))
     before = time.monotonic()
     assert cli.main(["train", "--epochs", "1"]) == 0
     assert before <= seen["started"] <= time.monotonic()  # however long this process has run

@@ -62,12 +62,12 @@ def test_wrong_channel_count(capsys):
 
 def test_forward_failure_names_the_flag(capsys, monkeypatch):
     # Padding lets every registered model accept even 1x1 inputs, so simulate torch refusing the size.
-    import resnetlab.summarize
+    import resnetlab.cli.summary as command
 
     def refuse(*args, **kwargs):
         raise RuntimeError("Calculated padded input size per channel: (2 x 2). Kernel size: (3 x 3).\nmore")
 
-    monkeypatch.setattr(resnetlab.summarize, "summary", refuse)
+    monkeypatch.setattr(command, "summary", refuse)
     assert main(["summary", "resnet18", "--input-size", "1,3,2,2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--input-size 1,3,2,2 does not fit resnet18" in err[0] and "224,224" in err[0]

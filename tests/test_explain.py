@@ -152,7 +152,7 @@ def test_the_default_grad_cam_stage_is_the_last_with_maps_of_at_least_4x4():
 
 
 def test_explain_takes_a_folder_in_chunks(ckpt, tiny_data, tmp_path, capsys, monkeypatch):
-    import resnetlab.explain as explain
+    import resnetlab.cli.explain as explain
     from resnetlab.classifier import Classifier
     from resnetlab.data import load_split
 

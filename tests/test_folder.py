@@ -18,6 +18,7 @@ from resnetlab.engine import TrainConfig
 from resnetlab.weights import Preprocess, WeightsHeader, save_weights
 from resnetlab.engine.initialize import load_initial_weights, read_state_dict
 from resnetlab.engine.initialize import build_model
+from resnetlab.engine.recipe import with_base_defaults
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 
@@ -37,7 +38,7 @@ def test_single_level_folder_is_split_stratified(tmp_path):
     root = write_shape_folder(tmp_path / "d", per_class=20, sizes=(30, 32, 40))
     assert is_class_folder(root) and not is_class_folder(tmp_path / "absent")
     data = load_class_folder(root, val_fraction=0.25, seed=1)
-    assert data.layout == "single" and data.test is None and data.train.class_names == SHAPES
+    assert data.test is None and data.train.class_names == SHAPES
     assert data.train.images.shape[1:] == (3, 32, 32)  # RGB as some images are; the median side, 32
     assert torch.bincount(data.val.labels).tolist() == [5, 5, 5]  # a quarter of each class
     assert torch.bincount(data.train.labels).tolist() == [15, 15, 15]
@@ -155,7 +156,7 @@ def _tiny_fmnist_checkpoint(path):
 
 def test_init_from_our_checkpoint_with_other_classes_and_channels(tmp_path, capsys):
     source = _tiny_fmnist_checkpoint(tmp_path / "fmnist.safetensors")
-    config = TrainConfig(model="resnet18", model_args={"stem": "small"}, init=str(tmp_path / "fmnist.safetensors")).with_defaults()
+    config = with_base_defaults(TrainConfig(model="resnet18", model_args={"stem": "small"}, init=str(tmp_path / "fmnist.safetensors")))
     lines = []
     model = build_model(config, in_channels=3, num_classes=3, log=lines.append)
     table = lines[0].splitlines()
@@ -222,8 +223,8 @@ def test_freeze_backbone_trains_only_the_head(shapes_split, tmp_path):
     assert main(["train", "--data", str(shapes_split), "--out", str(out), "--epochs", "1", "--batch-size", "32",
                  "--image-size", "16", "--init", str(tmp_path / "start.safetensors"), "--freeze-backbone",
                  "--precision", "fp32", "--time-budget", "0"]) == 0
-    start = build_model(TrainConfig(model="resnet18", model_args={"stem": "small"},
-                                    init=str(tmp_path / "start.safetensors")).with_defaults(), 3, 3, log=lambda s: None).state_dict()
+    start = build_model(with_base_defaults(TrainConfig(model="resnet18", model_args={"stem": "small"},
+                                                       init=str(tmp_path / "start.safetensors"))), 3, 3, log=lambda s: None).state_dict()
     trained = load_file(str(out / "last.safetensors"))
     changed = {k for k in trained if not torch.equal(trained[k], start[k])}
     assert changed == {"fc.weight", "fc.bias"}  # weights and batch-norm statistics of the backbone untouched

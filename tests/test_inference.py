@@ -40,6 +40,21 @@ def test_eval_matches_training_and_writes_report(trained, ckpt, tiny_data, tmp_p
     assert (out / "mistakes.png").exists() == (report["correct"] < 200)
 
 
+def test_eval_of_a_checkpoint_without_fingerprints_says_it_cannot_tell(ckpt, tmp_path, capsys):
+    # A checkpoint written before the header kept each split's fingerprint: eval measures it, and cannot tell.
+    from safetensors.torch import load_file
+
+    from resnetlab.weights import read_header, save_weights
+
+    header = read_header(ckpt)
+    header.data = {}
+    old = tmp_path / "old.safetensors"
+    save_weights(old, load_file(str(ckpt)), header)
+    assert main(["eval", str(old), "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["same_images_as_training"] is None and "note:" not in capsys.readouterr().out
+
+
 def test_eval_shows_the_most_confident_mistakes(ckpt, tiny_data, tmp_path, capsys):
     # The same test images with every label moved to the next class: nearly all predictions are mistakes.
     import shutil

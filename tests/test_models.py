@@ -5,7 +5,7 @@ import torch
 
 import resnetlab
 from helpers import every_model
-from resnetlab import ResNet, UnknownModelError, create_model, list_models
+from resnetlab import ResNet, UnknownModelError, create_model, list_models, model_spec
 
 TORCHVISION_PARAMS = {
     "resnet18": 11_689_512,
@@ -133,3 +133,35 @@ def test_resnet_rejects_wrong_layer_count():
 
     with pytest.raises(ValueError, match="4 stage depths"):
         ResNet(BasicBlock, [2, 2, 2])
+
+
+def test_registering_a_name_again_replaces_it_with_a_warning():
+    from resnetlab.models import model_spec, register_model
+
+    def tiny(**kwargs):
+        return resnetlab.resnet18(**kwargs)
+
+    original = model_spec("resnet18")
+    try:
+        with pytest.warns(UserWarning, match="model 'resnet18' was registered already; the new builder replaces it"):
+            register_model("resnet18", image_size=32, first_conv="conv1", classifier="fc", stems=True)(tiny)
+        assert model_spec("resnet18").builder is tiny and model_spec("resnet18").image_size == 32
+    finally:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            register_model("resnet18", image_size=original.image_size, first_conv=original.first_conv,
+                           classifier=original.classifier, stems=original.stems)(original.builder)
+    assert model_spec("resnet18") == original
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_the_registry_names_each_models_first_conv_and_classifier(name):
+    spec = model_spec(name)
+    with torch.device("meta"):
+        model = create_model(name, in_channels=2, num_classes=7)
+    modules = dict(model.named_modules())
+    assert isinstance(modules[spec.first_conv], torch.nn.Conv2d) and modules[spec.first_conv].in_channels == 2
+    assert isinstance(modules[spec.classifier], torch.nn.Linear) and modules[spec.classifier].out_features == 7
+

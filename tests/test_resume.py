@@ -275,10 +275,10 @@ def test_a_hostile_pickle_is_refused_not_run(finished_run, tmp_path, capsys):
     # Weight files are safetensors: a pickle under that name is refused the same way, without running it.
     torch.save({"x": _Payload(evidence)}, tmp_path / "evil.safetensors")
     from resnetlab.errors import ResnetlabError
-    from resnetlab.weights import build_model
+    from resnetlab.weights import load_model
 
     with pytest.raises(ResnetlabError, match="not a safetensors weight file"):
-        build_model(tmp_path / "evil.safetensors")
+        load_model(tmp_path / "evil.safetensors")
     assert not evidence.exists()
 
 
@@ -378,3 +378,16 @@ def test_running_out_of_memory_is_one_line_naming_the_batch_size(tiny_data, tmp_
                           f"the state saved in {run / STATE_FILE}", f"resnetlab train --resume {run}")
     assert "Traceback" not in line
     assert load_train_state(run / STATE_FILE)["progress"]["global_step"] == 3
+
+
+def test_running_out_of_memory_while_setting_up_leaves_no_run_folder(tiny_data, tmp_path, capsys, monkeypatch):
+    import resnetlab.engine.setup as setup
+
+    def full(*args, **kwargs):  # as moving the data onto a GPU that is too small would
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(setup, "_loaders", full)
+    run = tmp_path / "run"
+    one_line_error(capsys, tiny_args(tiny_data, run), "out of memory on cpu at --batch-size 50", "lower --batch-size")
+    assert not run.exists()
+

@@ -10,6 +10,7 @@ from torch import nn
 
 from helpers import one_line_error
 from resnetlab.engine import TrainConfig
+from resnetlab.engine.recipe import with_base_defaults
 from resnetlab import runtime
 from resnetlab.engine.optim import make_optimizer, make_scheduler
 from resnetlab.runtime import Precision, resolve_device, resolve_precision
@@ -67,8 +68,8 @@ def test_fp16_on_the_cpu_is_refused_in_one_line(capsys, tiny_data, tmp_path):
 def _training(skip: bool = False, ema: bool = True, precision: str = "fp32") -> Training:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
-    config = TrainConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="onecycle",
-                         warmup_epochs=1, epochs=3, skip_nonfinite=skip).with_defaults()
+    config = with_base_defaults(TrainConfig(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, schedule="onecycle",
+                                            warmup_epochs=1, epochs=3, skip_nonfinite=skip))
     optimizer = make_optimizer(config, model)
     return Training(config, model, model, optimizer, make_scheduler(config, optimizer, 4), nn.CrossEntropyLoss(),
                     Ema(model, 0.9) if ema else None, torch.device("cpu"), Precision(precision))
@@ -139,7 +140,7 @@ def test_fp16_overflow_is_the_scalers_business_not_a_bad_step(tmp_path):
     # The scale travels through train_state.pt, so a resumed fp16 run goes on with it.
     from resnetlab.engine.state import Progress, load_train_state, restore_train_state, save_train_state
 
-    save_train_state(tmp_path / "train_state.pt", training, Progress(), None, {}, "data")
+    save_train_state(tmp_path / "train_state.pt", training, Progress(), None, {}, {"train": "fingerprint"})
     again = _training(ema=False, precision="fp16")
     again.scaler = torch.amp.GradScaler("cpu")
     restore_train_state(load_train_state(tmp_path / "train_state.pt"), again)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from resnetlab.models import d2l_resnet18
-from resnetlab.models.small_maps import SmallMapConv2d, use_plain_convolutions, use_small_map_products
+from resnetlab.models.small_maps import SmallMapConv2d, use_small_map_products
 
 # Measured 2026-11-28: at most 2.8e-16 relative (float64 rounding); a wrong tap would be of order 1.
 TOLERANCE = 1e-14
@@ -53,8 +53,6 @@ def test_the_seeds_network_computes_the_same_with_the_same_state_dict():
     # (conv biases before a batch norm get only rounding as gradient; they are left out)
     worst = max(_relative(pf.grad, pr.grad) for pf, pr in zip(fast.parameters(), net.parameters()) if pr.grad.norm() > 1e-8)
     assert worst < 1e-9  # batch norm divides by small variances; still float64 rounding
-    use_plain_convolutions(fast)
-    assert not any(isinstance(m, SmallMapConv2d) for m in fast.modules())
 
 
 def test_channels_last_and_bf16_autocast():

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from .errors import ResnetlabError
+from .explain import grad_cam
 from .images import pil_to_tensor, read_image
-from .weights import WeightsHeader, build_model
+from .weights import WeightsHeader, load_model
 
 ImageLike = Union[str, os.PathLike, torch.Tensor, Any]  # a path, a tensor or a PIL image
 
@@ -97,8 +98,6 @@ class Classifier:
         ``target`` is a class name or index (None: each image's top class); ``stage`` a stage name
         (None: the last whose maps are at least 4x4; see ``model.stages()``). See :func:`resnetlab.explain.grad_cam`.
         """
-        from .explain import grad_cam
-
         x = self.prepare(images)
         chosen = None if target is None else torch.full((len(x),), self.class_index(target), dtype=torch.long)
         heatmaps, _ = grad_cam(self.model, x, chosen, stage)
@@ -118,5 +117,5 @@ class Classifier:
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Classifier:
     """Load a resnetlab ``.safetensors`` weight file as a :class:`Classifier` (model in eval mode)."""
-    model, header = build_model(path)
+    model, header = load_model(path)
     return Classifier(model, header, device)

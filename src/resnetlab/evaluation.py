@@ -1,29 +1,27 @@
-"""``resnetlab eval``: a checkpoint measured on a test split, with per-class figures and pictures.
+"""Measuring a checkpoint on a split: which split (the run's own, checked by its fingerprint), its logits, the report.
 
-The split is Fashion-MNIST's test set, or a class folder's ``test/`` (else its validation images,
-and the printed line says ``val acc``). It writes ``report.json`` (everything), ``confusion.png`` and ``mistakes.png`` (the most
-confident errors) and prints ``test acc T`` and a per-class table.
+The split is Fashion-MNIST's test set, or a class folder's ``test/`` (else its validation images:
+``val/``, or the part of the folder the run held out). :func:`split_logits` computes as the run
+computed; :func:`make_report` turns the logits into ``report.json``'s figures: accuracy, loss,
+per-class precision, recall and F1, the confusion matrix, the most confident mistakes. The
+``resnetlab eval`` command that writes them and draws the pictures is ``cli/evaluate.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .data import DeviceLoader, ImageSet, open_dataset
-from .runtime import resolve_device, resolve_precision
-from .scoring import class_scores
 from .errors import ResnetlabError
-from .fileio import write_text
-from .log import Log
-from .pictures import save_confusion, save_image_grid
-from .weights import WeightsHeader, build_model
-
+from .models.small_maps import use_small_map_products
+from .runtime import Precision, resolve_precision
+from .scoring import class_scores
+from .weights import WeightsHeader
 
 
 def data_folder(data: str | None, header: WeightsHeader) -> str | None:
@@ -71,8 +69,8 @@ def compare_with_training(test: ImageSet, folder: Path, split: str, header: Weig
             "those the run held out and may include training images; put the folder back as it was, or evaluate "
             "on a folder of separate test images (DIR/test/<class>/)"
         )
-    return (f"note: these {split} images are not the ones the run measured (other files, or --limit-test in training); "
-            "the figures are not the run's")
+    why = "another folder, or its files changed since training" if carved else "other files, or --limit-test in training"
+    return f"note: these {split} images are not the ones the run measured ({why}); the figures are not the run's"
 
 
 def classification_report(labels: torch.Tensor, preds: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
@@ -103,77 +101,55 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    data: str | None = None,
-    out: str | os.PathLike[str] | None = None,
-    *,
-    tta: bool = False,
-    device: str = "auto",
-    precision: str | None = None,
-    batch_size: int | None = None,
-    mistakes: int = 32,
-    explain: bool = False,
-    log: Log = print,
-) -> dict[str, Any]:
-    """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
-
-    ``precision`` None (and ``batch_size`` None) take the run's own settings from the checkpoint,
-    so on the same machine the accuracy equals the one training reported.
-    """
-    checkpoint = Path(checkpoint)
-    model, header = build_model(checkpoint)
-    test, folder, split = load_test_split(data, header)
-    note = compare_with_training(test, folder, split, header)
-    out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
-    dev = resolve_device(device)
-    # Precision, batches and memory format as in training, so the figures match the run's own to the last digit.
-    trained = header.config
+def scoring_precision(header: WeightsHeader, device: torch.device, precision: str | None) -> Precision:
+    """``precision`` as asked (None: the run's own where ``device`` has it, else ``auto``), so the figures match the run's."""
     if precision is not None:
-        prec = resolve_precision(precision, dev)
-    else:
-        try:  # what the run computed in, where this device has it (fp16 from a GPU run is no CPU option)
-            prec = resolve_precision(header.precision, dev)
-        except ResnetlabError:
-            prec = resolve_precision("auto", dev)
-    channels_last = bool(trained.get("channels_last", False))
-    model = model.to(dev, prec.dtype).eval()
-    if trained.get("small_maps"):  # the same arithmetic as the run's own evaluation
-        from .models.small_maps import use_small_map_products
+        return resolve_precision(precision, device)
+    try:  # what the run computed in, where this device has it (fp16 from a GPU run is no CPU option)
+        return resolve_precision(header.precision, device)
+    except ResnetlabError:
+        return resolve_precision("auto", device)
 
+
+def split_logits(model: nn.Module, header: WeightsHeader, test: ImageSet, *, device: torch.device, precision: Precision,
+                 tta: bool = False, batch_size: int | None = None) -> torch.Tensor:
+    """Float32 logits [N, classes] (on the CPU) of ``model`` for every image of ``test``, computed as the run computed them.
+
+    Precision, batch size (None: the run's), memory format and the small-map products are the
+    run's own, so on the same machine the accuracy equals the one training reported.
+    """
+    trained = header.config
+    channels_last = bool(trained.get("channels_last", False))
+    model = model.to(device, precision.dtype).eval()
+    if trained.get("small_maps"):  # the same arithmetic as the run's own evaluation
         use_small_map_products(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     pre = header.preprocess
-    loader = DeviceLoader(test, batch_size or int(trained.get("batch_size") or 256), device=dev,
-                          image_size=pre.size, channels_last=channels_last, dtype=prec.dtype, mean=pre.mean, std=pre.std)
+    loader = DeviceLoader(test, batch_size or int(trained.get("batch_size") or 256), device=device, image_size=pre.size,
+                          channels_last=channels_last, dtype=precision.dtype, mean=pre.mean, std=pre.std)
     scores = []
     with torch.no_grad():
         for x, _ in loader.batches():
-            with prec.autocast(dev):
+            with precision.autocast(device):
                 scores.append(class_scores(model, x, tta).cpu())
-    logits = torch.cat(scores)
+    return torch.cat(scores)
+
+
+def make_report(logits: torch.Tensor, test: ImageSet, header: WeightsHeader, *, mistakes: int = 32,
+                **about: Any) -> dict[str, Any]:
+    """``report.json``: accuracy, loss, the per-class table and confusion matrix, the ``mistakes`` most confident errors.
+
+    ``about`` (checkpoint, data, split, tta, precision, device, same_images_as_training) is recorded as given.
+    """
     labels = test.labels
-    probs = logits.softmax(1)
-    confidence, preds = probs.max(1)
+    confidence, preds = logits.softmax(1).max(1)
     correct = int((preds == labels).sum())
     report: dict[str, Any] = {
-        "checkpoint": str(checkpoint),
-        "data": str(folder),
-        "split": split,
-        "count": len(labels),
-        "correct": correct,
-        "accuracy": correct / len(labels),
+        **{k: about[k] for k in ("checkpoint", "data", "split")},
+        "count": len(labels), "correct": correct, "accuracy": correct / len(labels),
         "loss": F.cross_entropy(logits, labels).item(),
-        # By the fingerprint in the checkpoint's header (None: a checkpoint written before they were kept).
-        "same_images_as_training": note is None if header.data.get(split) else None,
-        "tta": tta,
-        "precision": prec.name,
-        "device": str(dev),
+        **{k: v for k, v in about.items() if k not in ("checkpoint", "data", "split")},
         **classification_report(labels, preds, header.class_names),
     }
     wrong = (preds != labels).nonzero().flatten()
@@ -183,28 +159,4 @@ def evaluate_checkpoint(
         {"index": int(i), "true": names[labels[i]], "predicted": names[preds[i]], "prob": confidence[i].item()}
         for i in worst
     ]
-    write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    save_confusion(out_dir / "confusion.png", torch.tensor(report["confusion"]), names,
-                   title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
-    if len(worst):
-        titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
-        if explain:  # what the model looked at for the class it wrongly chose
-            from .explain import as_seen, grad_cam
-            from .pictures import save_explanation_sheet
-
-            model.float().to(memory_format=torch.contiguous_format)
-            x = pre(test.images[worst].to(dev)).float()
-            heatmaps, _ = grad_cam(model, x, preds[worst].to(dev))
-            shown = as_seen(test.images[worst], pre.size)
-            save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
-                                   title_colors=["firebrick"] * len(worst))
-        else:
-            save_image_grid(out_dir / "mistakes.png", test.images[worst], titles, title_colors=["firebrick"] * len(worst))
-    else:
-        (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
-    log(f"{split} acc {report['accuracy']:.4f}")
-    log(format_table(report))
-    log(f"{report['count']:,} {split} images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
-    if note:
-        log(note)
     return report

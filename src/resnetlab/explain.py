@@ -1,5 +1,7 @@
 """Look inside a network: what each stage outputs, and where a prediction comes from (Grad-CAM).
 
+Algorithms only: the ``maps`` and ``explain`` commands that draw them are ``cli/explain.py``.
+
 Stages are the ones the seed prints (b1..b5 of its ResNet-18) or the family's stem and
 layer1..layer4 (``model.stages()``). :func:`stage_outputs` runs the model once and keeps each
 stage's output with the seed's line for it (``Sequential output shape:\\t torch.Size([...])``).
@@ -22,14 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.loader import to_model_input
 from .errors import ResnetlabError
 
 # The smallest map side (positions) that a default Grad-CAM stage may have.
 MIN_CAM_SIDE = 4
-# ``resnetlab explain`` takes this many images per forward and backward pass (as predict does), so a
-# folder of thousands never holds all their activations at once, and draws at most SHEET_IMAGES on sheet.png.
-EXPLAIN_CHUNK = 64
-SHEET_IMAGES = 64
 
 
 def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -121,103 +120,4 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
 
 def as_seen(images, size: int) -> list[torch.Tensor]:
     """uint8 images [C, H, W] resized as the model's input is (``to_model_input``), back to uint8 for drawing heatmaps over."""
-    from .data.loader import to_model_input
-
     return [(to_model_input(image[None].cpu(), size)[0] * 255).round().clamp(0, 255).to(torch.uint8) for image in images]
-
-
-def _model_and_input(source: str, image: str | None, input_size: tuple[int, int, int, int] | None):
-    """(model, uint8 image [C, H, W] as shown, model input [1, C, H, W], what the title says about the weights).
-
-    ``source`` is a weight file (trained weights, its own preprocessing) or a model name (random
-    weights; the image is only scaled to [0, 1], as the seed's ``torch.rand`` input is).
-    """
-    from pathlib import Path
-
-    from .models import create_model, model_spec
-
-    if source.endswith(".safetensors") or Path(source).is_file():
-        from .classifier import load
-
-        clf = load(source)
-        if image is None:
-            raise ResnetlabError("an IMAGE is needed with a weight file (a model name alone draws random input)")
-        pixels = clf.to_uint8(image)
-        return clf.model, pixels, clf.prepare([pixels]), f"{clf.header.model}, trained ({Path(source).name})"
-    spec = model_spec(source)  # an unknown name is a one-line error listing the models
-    model = create_model(source).eval()
-    n, c, h, w = input_size or (1, model.in_channels, spec.image_size, spec.image_size)
-    if c != model.in_channels:
-        raise ResnetlabError(f"--input-size has {c} channel(s) but {source} takes {model.in_channels}; use N,{model.in_channels},H,W")
-    if image is None:
-        x = torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(0))  # as the seed's X = torch.rand(...)
-        pixels = (x[0] * 255).round().to(torch.uint8)
-    else:
-        from .images import read_image
-
-        pixels = read_image(image, c, None)
-        x = F.interpolate(pixels[None].float() / 255, size=(h, w), mode="bilinear", align_corners=False)
-        pixels = (x[0] * 255).round().clamp(0, 255).to(torch.uint8)
-    return model, pixels, x, f"{source}, random weights (untrained)"
-
-
-def save_maps(source: str, image: str | None, out: str, input_size: tuple[int, int, int, int] | None = None,
-              log=print) -> list[StageOutput]:
-    """``resnetlab maps``: the input and each stage's strongest channels in one PNG; returns the stage outputs."""
-    from .pictures import save_stage_maps
-
-    model, pixels, x, weights = _model_and_input(source, image, input_size)
-    outputs = stage_outputs(model, x)
-    save_stage_maps(out, pixels, [(o.name, o.line, o.output[0]) for o in outputs], title=weights)
-    for o in outputs:
-        log(o.line)
-    log(f"wrote {out}: the input and the 8 strongest channels of each of {len(outputs)} stages")
-    return outputs
-
-
-def explain_files(checkpoint: str, images: list[str], out: str, *, target: str | None = None, stage: str | None = None,
-                  top_k: int = 3, log=print) -> list[str]:
-    """``resnetlab explain``: one PNG per image (the image beside its Grad-CAM), and ``sheet.png`` for several."""
-    from pathlib import Path
-
-    from .classifier import load
-    from .images import find_images
-    from .pictures import save_explanation, save_explanation_sheet
-
-    clf = load(checkpoint)
-    probe = torch.zeros(1, clf.channels, clf.image_size, clf.image_size, device=clf.device)
-    stage_name, _ = find_stage(clf.model, stage) if stage is not None else (default_stage(clf.model, probe), None)
-    if target is not None:
-        clf.class_index(target)  # a class the checkpoint lacks: one line, before any image is read
-    files = find_images(images)
-    if not files:
-        raise ResnetlabError(f"no image files in {' '.join(images)}; give image files or folders holding them")
-    folder = Path(out)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out {folder}: cannot create it ({exc.strerror}); choose a writable folder") from None
-    written: list[str] = []
-    sheet_images, sheet_maps, sheet_titles = [], [], []  # the first SHEET_IMAGES, for sheet.png
-    for first in range(0, len(files), EXPLAIN_CHUNK):
-        chunk = files[first : first + EXPLAIN_CHUNK]
-        pixels = [clf.to_uint8(path) for path in chunk]  # a bad file: one line naming it (ImageError)
-        heatmaps = clf.explain(pixels, target, stage=stage_name)
-        predictions = clf.predict(pixels, top_k=top_k)
-        shown = as_seen(pixels, clf.image_size)
-        for path, image, heatmap, prediction in zip(chunk, shown, heatmaps, predictions):
-            about = target if target is not None else prediction.label
-            name = folder / f"{path.stem}.explain.png"
-            save_explanation(name, image, heatmap, f"Grad-CAM at {stage_name}: {about}", prediction.top)
-            written.append(str(name))
-            log(f"{path}\t" + "\t".join(f"{c} {p:.3f}" for c, p in prediction.top) + f"\t-> {name}")
-            if len(sheet_images) < SHEET_IMAGES:
-                sheet_images.append(image)
-                sheet_maps.append(heatmap)
-                sheet_titles.append(f"{path.name}: {about}")
-    if len(files) > 1:
-        save_explanation_sheet(folder / "sheet.png", sheet_images, sheet_maps, sheet_titles)
-        written.append(str(folder / "sheet.png"))
-        which = f"all {len(files)}" if len(sheet_images) == len(files) else f"the first {len(sheet_images)} of {len(files)}"
-        log(f"wrote {folder / 'sheet.png'}: {which} images")
-    return written

@@ -1,4 +1,4 @@
-"""``resnetlab export``: a checkpoint as ONNX or TorchScript, checked against PyTorch before it is kept.
+"""A trained model as ONNX or TorchScript, checked against PyTorch before the file is kept (``resnetlab export``: ``cli/export.py``).
 
 The exported graph takes pixels in [0, 1] of the model's input size ([N, C, H, W], float32,
 any batch size) and includes the training's standardisation; it returns ``logits`` and
@@ -15,7 +15,6 @@ import importlib
 import io
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -25,9 +24,10 @@ from torch import nn
 
 from .data.loader import to_model_input
 from .errors import ResnetlabError, first_line
+from .evaluation import load_test_split
 from .fileio import atomic_path
 from .log import Log
-from .weights import WeightsHeader, build_model
+from .weights import WeightsHeader
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
@@ -54,8 +54,6 @@ class Deployable(nn.Module):
 
 def check_pixels(header: WeightsHeader, data: str | None, log: Log) -> torch.Tensor:
     """Eight real test images as model-ready pixels in [0, 1]; random ones (said so) if no data is found."""
-    from .evaluation import load_test_split
-
     channels, size = header.preprocess.channels, header.preprocess.size
     stored = header.preprocess.stored_size or size
     try:
@@ -159,34 +157,12 @@ def _export_torchscript(wrapper: Deployable, header: WeightsHeader, tmp: Path, p
     return compare("TorchScript", run, wrapper, pixels)
 
 
-def export_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    fmt: str = "onnx",
-    out: str | os.PathLike[str] | None = None,
-    *,
-    opset: int | None = None,
-    data: str | None = None,
-    log: Log = print,
-) -> Path:
-    """Export a weight file to ONNX or TorchScript, verify it against PyTorch, and return its path."""
-    if fmt not in FORMATS:
-        raise ResnetlabError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
-    if opset is not None and fmt != "onnx":
-        raise ResnetlabError("--opset applies to --format onnx only")
-    if opset is not None and not 7 <= opset <= 30:
-        raise ResnetlabError(f"--opset {opset} is out of range; use 18 or later (the exporter's default: leave it out)")
-    checkpoint = Path(checkpoint)
-    model, header = build_model(checkpoint)
+def export_model(model: nn.Module, header: WeightsHeader, fmt: str, target: Path, *, pixels: torch.Tensor,
+                 opset: int | None = None) -> float:
+    """Write ``model`` (with its standardisation) to ``target`` as ONNX or TorchScript, checked against PyTorch on
+    ``pixels``; return the largest probability gap. A file that disagrees is never left behind."""
     wrapper = Deployable(model, header).eval()
-    target = Path(out) if out is not None else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
-    if not target.parent.is_dir():
-        raise ResnetlabError(f"--out {target}: the folder {target.parent} does not exist; create it or choose another")
-    pixels = check_pixels(header, data, log)
     with atomic_path(target) as tmp:
         if fmt == "onnx":
-            gap = _export_onnx(wrapper, header, tmp, opset, pixels)
-        else:
-            gap = _export_torchscript(wrapper, header, tmp, pixels)
-    log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB); matches PyTorch at batch sizes "
-        f"{' and '.join(map(str, CHECK_BATCHES))} (largest probability gap {gap:.1e}, same top-1)")
-    return target
+            return _export_onnx(wrapper, header, tmp, opset, pixels)
+        return _export_torchscript(wrapper, header, tmp, pixels)

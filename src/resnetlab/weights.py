@@ -24,8 +24,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .data.loader import to_model_input
 from .errors import ResnetlabError, first_line
 from .fileio import atomic_path
+from .models import create_model
 from .version import __version__
 
 FORMAT = "resnetlab.weights/1"
@@ -54,8 +56,6 @@ class Preprocess:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images [N, C, H, W] (at ``stored_size``) -> the model's float input [N, C, size, size]."""
-        from .data.loader import to_model_input
-
         shape = (1, self.channels, 1, 1)
         mean = torch.tensor(self.mean, device=images.device).view(shape) if self.mean is not None else None
         std = torch.tensor(self.std, device=images.device).view(shape) if self.std is not None else None
@@ -78,8 +78,17 @@ class WeightsHeader:
     data: dict[str, str | None] = field(default_factory=dict)  # each split's fingerprint (train, val, test) as trained
     versions: dict[str, str] = field(default_factory=versions)
 
+    @classmethod
+    def of_run(cls, *, model: nn.Module, class_names: list[str], preprocess: Preprocess, config: dict[str, Any],
+               row: dict[str, Any], epoch: int, data: dict[str, str | None]) -> "WeightsHeader":
+        """The header a training run writes for ``model`` at ``epoch`` (``row``: that epoch's metrics; ``config``: the run's)."""
+        return cls(model=model.model_name, model_args=model.model_args, class_names=class_names, preprocess=preprocess,
+                   precision=config["precision"], preset=config["preset"], epoch=epoch,
+                   metrics={k: v for k, v in row.items() if v is not None}, config=config, data=data)
+
     @property
     def num_classes(self) -> int:
+        """How many classes the model tells apart."""
         return len(self.class_names)
 
     @property
@@ -164,10 +173,8 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         raise ResnetlabError(f"{path}: damaged safetensors file ({exc})") from None
 
 
-def build_model(path: str | os.PathLike[str]) -> tuple[nn.Module, WeightsHeader]:
+def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, WeightsHeader]:
     """Rebuild the model a weight file describes and load its weights (float32, CPU, eval mode)."""
-    from .models import create_model
-
     state, header = load_weights(path)
     try:
         model = create_model(header.model, **header.model_args)

@@ -65,7 +65,6 @@ class FolderData:
     train: ImageSet
     val: ImageSet | None
     test: ImageSet | None
-    layout: str  # "split" (train/ and val/) or "single" (class folders, split here)
     skipped: list[str] = field(default_factory=list)  # files that are not readable images, with the reason
 
 
@@ -279,4 +278,4 @@ def load_class_folder(
             raise DataError(f"--strict: {message}; remove them or leave out --strict to skip them")
         if warn is not None:
             warn(f"warning: skipped {message}")
-    return FolderData(train=train, val=val, test=test, layout=layout, skipped=skipped)
+    return FolderData(train=train, val=val, test=test, skipped=skipped)

@@ -29,7 +29,6 @@ class Splits:
     val: ImageSet | None
     test: ImageSet | None
     source: Path  # the folder read
-    kind: str  # "fashion-mnist" or "folder"
     skipped: list[str] = field(default_factory=list)
 
     @property
@@ -69,11 +68,11 @@ def open_dataset(
     if is_class_folder(data):
         found = load_class_folder(data, image_size=image_size, channels=channels, val_fraction=val_fraction, seed=seed,
                                   strict=strict, warn=warn)
-        return Splits(found.train, found.val, found.test, Path(data), "folder", found.skipped)
+        return Splits(found.train, found.val, found.test, Path(data), found.skipped)
     folder = resolve_data_dir(data)
     # --channels 3 (to fine-tune an RGB model, say): the gray channel three times.
     train, test = (split.with_channels(channels) for split in load_fashion_mnist(folder))
     val = None
     if val_split > 0:
         train, val = split_train_val(train, val_split, seed)
-    return Splits(train, val, test, folder, "fashion-mnist")
+    return Splits(train, val, test, folder)

@@ -17,13 +17,16 @@ it (``optim.lr_factor``: at each decision the decay goes on from where it stands
 new total, so a plan lowered mid-run still ends gracefully). A run given a ``budget_plan`` (one
 repeated from its ``config.json``) follows it and measures nothing, so it takes the same steps.
 
-Everything here is a pure function of numbers: the run reads its clock and calls these.
+:func:`affordable_steps` is a pure function of numbers; :class:`Planner` is one process's side
+of it: it reads the run's clock around the first steps and each epoch's end, and hands the loop
+the costs to plan with at the points where it plans.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 # An evaluated image costs this share of a trained one (forward only, measured about a third;
 # TTA doubles it), and each epoch's files (train state, weights, curves) twice the 0.8 s measured
@@ -81,8 +84,87 @@ def affordable_steps(*, budget_seconds: float, elapsed: float, done: int, steps_
         if first > last:
             continue
         for_steps = left - (epoch - epochs_done) * costs.epoch_end
-        fits = done + math.floor(for_steps / costs.step) if costs.step > 0 else last
+        if costs.step > 0:
+            fits = done + math.floor(for_steps / costs.step)
+        else:  # steps that cost nothing (or a broken measurement): only the epochs' ends and the test count
+            fits = last if for_steps >= 0 else first - 1
         if fits < first:
             break  # a run's cost only grows with its steps: no later epoch fits either
         best = min(fits, last)
     return best
+
+
+def plan_line(minutes: float, steps: int, steps_per_epoch: int, ceiling: int, batch_size: int, costs: Costs,
+              when: str) -> str:
+    """The line a run prints for a decision: what the budget bought, at what speed, and when it was re-planned."""
+    rate = f" at {batch_size / costs.step:,.0f} img/s" if costs.step > 0 else ""
+    return (f"{minutes:g} min budget{', re-planned ' + when if when else ''}: {steps / steps_per_epoch:.1f} epochs "
+            f"({steps:,} steps){rate}" + (f", all {ceiling // steps_per_epoch} epochs fit" if steps >= ceiling and not when else ""))
+
+
+class Planner:
+    """One process's side of a time budget: it times the steps and every epoch's end, and says when to plan.
+
+    It plans once :func:`measure_until` steps are timed (:meth:`after_step` returns the costs
+    then, estimated from the step time), and again at the start of every epoch after that
+    (:meth:`at_epoch_start`, with what the last epoch's steps and end cost). Step time is timed
+    from a mark: the process's first steps after :data:`SETTLE_STEPS` (they carry one-time
+    costs), then each epoch's first step; an epoch's end is never counted as step time.
+    ``sync`` waits for the device before the clock is read, so that the time is the device's.
+    """
+
+    def __init__(self, *, clock: Callable[[], float], sync: Callable[[], None], first_step: int, total: int,
+                 batch_size: int, tta: bool, epoch_end_images: int, final_images: int) -> None:
+        self.clock, self.sync = clock, sync
+        self.batch_size, self.tta = batch_size, tta
+        self.epoch_end_images, self.final_images = epoch_end_images, final_images
+        self.measure_at = measure_until(first_step, total)
+        # Timed from after the one-time costs of the first steps (or from now, for a short measurement).
+        self.settle_at = min(first_step + SETTLE_STEPS, self.measure_at - 1)
+        self.mark = (first_step, clock())  # (global step, time) that step time is measured from
+        self.step_seconds: float | None = None  # the last epoch's steps, timed from the mark
+        self.epoch_end_seconds: float | None = None  # this process's last epoch end
+        self.eval_image_seconds: float | None = None  # this process's last validation, per image
+
+    def _per_step(self, global_step: int) -> float:
+        first_step, first_time = self.mark
+        return (self.clock() - first_time) / max(1, global_step - first_step)
+
+    def after_step(self, global_step: int) -> Costs | None:
+        """After a step: the costs to plan with if the first measurement ends here, else None."""
+        if global_step == self.settle_at:
+            self.sync()
+            self.mark = (global_step, self.clock())
+        elif global_step == self.measure_at:
+            self.sync()
+            return estimated_costs(self._per_step(global_step), self.batch_size, self.epoch_end_images,
+                                   self.final_images, self.tta)
+        return None
+
+    def steps_ended(self, global_step: int) -> None:
+        """An epoch's steps are done (the device waited for): time them, from the mark."""
+        if global_step > self.mark[0]:
+            self.step_seconds = self._per_step(global_step)
+
+    def evaluated(self, seconds: float, images: int) -> None:
+        """A validation of ``images`` took ``seconds``: the final test will cost the same per image."""
+        self.eval_image_seconds = seconds / max(1, images)
+
+    def epoch_ended(self, global_step: int, seconds: float) -> None:
+        """An epoch's end (evaluation, state, files) took ``seconds``; the next epoch's steps are timed from now."""
+        self.epoch_end_seconds = seconds
+        if global_step < self.settle_at:
+            return  # the first steps' one-time costs are still to be left out
+        if global_step < self.measure_at:
+            self.mark = (self.mark[0], self.mark[1] + seconds)  # the first measurement goes on, without this end
+        else:
+            self.mark = (global_step, self.clock())
+
+    def at_epoch_start(self, global_step: int) -> Costs | None:
+        """At an epoch's start: what the last epoch cost, to plan again with (None before the first measurement)."""
+        if self.step_seconds is None or self.epoch_end_seconds is None or global_step < self.measure_at:
+            return None
+        per_image = self.eval_image_seconds
+        if per_image is None:  # no validation to time: an estimate from the step
+            per_image = eval_image_seconds(self.step_seconds, self.batch_size, self.tta)
+        return Costs(self.step_seconds, self.epoch_end_seconds, self.final_images * per_image + FILE_SECONDS)

@@ -1,10 +1,15 @@
-"""The training configuration: one dataclass, saved as ``config.json`` in every run.
+"""A run's configuration in its two states: what was given (:class:`TrainConfig`) and what runs (:class:`RunConfig`).
 
-A field left at None is not chosen yet: the run fills it from the preset, then from the data
-(``recipes.py``), then from :data:`BASE_DEFAULTS`, and writes the complete configuration to
-``config.json``, so the library (``fit(TrainConfig(...))``) and the command line (flags are
-fields) train the same thing. Each field's help text lives in its metadata, which ``--help``
-shows.
+:class:`TrainConfig` is the partial configuration: one field per ``resnetlab train`` flag (the
+help text lives in the field's metadata, which ``--help`` shows), each None until the user, a
+``--config`` file or a caller gives it. ``recipe.resolve()`` decides every field left unset, in
+one place (the preset, then the data, then the base defaults), checks the result and returns a
+:class:`RunConfig`: the same fields with their values, frozen. That is what the run uses and
+what ``config.json`` holds, so the library (``fit(TrainConfig(...))``) and the command line
+train the same thing, and a ``config.json`` given back to ``--config`` repeats the run.
+
+This module knows the fields, their types and their ranges (:func:`validate`); what the unset
+ones become is ``recipe.py``'s business.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ def option(help: str, default: Any = None) -> Any:  # noqa: A002 - the argparse 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Units: pixels, images, epochs, minutes.
+    """Everything that defines a training run, as given. Units: pixels, images, epochs, minutes.
 
-    None means "not chosen": the preset, the data or the base defaults decide (see the module).
+    None means "not given": ``recipe.resolve()`` decides it (the preset, the data, the base defaults).
     """
 
     # --- what is trained ---
@@ -122,13 +127,9 @@ class TrainConfig:
             raise ResnetlabError(f"unknown config field(s) {', '.join(unknown)}; valid fields: {', '.join(field_names())}")
         return dataclasses.replace(self, **changes)
 
-    def chosen(self) -> dict[str, Any]:
-        """The fields that are set (not None)."""
-        return {k: v for k, v in self.to_dict().items() if v is not None}
-
-    def with_defaults(self) -> "TrainConfig":
-        """Fields still unset take :data:`BASE_DEFAULTS` (what neither preset nor data decided)."""
-        return self.replace(**{k: v for k, v in BASE_DEFAULTS.items() if getattr(self, k) is None})
+    def given(self) -> set[str]:
+        """The names of the fields that are set: what the user gave, which nothing may change."""
+        return {k for k, v in self.to_dict().items() if v is not None}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
@@ -138,21 +139,101 @@ class TrainConfig:
         return check_types(cls().replace(**values), source)
 
 
-# What a field is when neither the preset nor the data chose it: the book's train_ch6 where it has one.
-BASE_DEFAULTS: dict[str, Any] = dict(
-    model="d2l_resnet18", model_args={}, init="default", init_non_strict=False, freeze_backbone=False,
-    val_split=5000, val_fraction=0.2, strict=False, image_size=28, normalize=True, crop_padding=0, flip=False,
-    erase_prob=0.0, epochs=10, time_budget=0.0, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.0, nesterov=False,
-    weight_decay=0.0, schedule="constant", warmup_epochs=0.0, step_epochs=30, step_gamma=0.1, label_smoothing=0.0,
-    ema_decay=0.0, recalibrate_bn=2048, tta=False, test_each_epoch=False, device="auto", precision="auto",
-    channels_last=True, compile=False, seed=0, sync_bn=False, dist_timeout=300, deterministic=False, save_every=0,
-    skip_nonfinite=False,
-)
+@dataclass(frozen=True)
+class RunConfig:
+    """The configuration a run uses: every :class:`TrainConfig` field decided (``out`` aside), frozen.
+
+    Made only by ``recipe.resolve()``; written to ``config.json`` and into every weight file's
+    header. ``device`` and ``precision`` are what they resolved to (``cpu``, ``bf16``), ``data``
+    the folder read, ``channels`` the images' channels, ``model_args`` the stem chosen. Where a
+    run's files go (``out``) is not part of it: a ``config.json`` given back repeats the run in a
+    new folder. Three fields hold None as a value, not as "unset": ``limit_train`` and
+    ``limit_test`` (None: every image) and ``grad_clip`` (None: no clipping).
+    """
+
+    preset: str
+    model: str
+    model_args: dict[str, Any]
+    init: str
+    init_non_strict: bool
+    freeze_backbone: bool
+    data: str
+    val_split: int
+    val_fraction: float
+    channels: int
+    strict: bool
+    limit_train: int | None
+    limit_test: int | None
+    image_size: int
+    normalize: bool
+    crop_padding: int
+    flip: bool
+    erase_prob: float
+    epochs: int
+    time_budget: float
+    budget_plan: list[list[int]]  # given (a repeated run follows it); the run's own decisions are run state
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    schedule: str
+    warmup_epochs: float
+    step_epochs: int
+    step_gamma: float
+    label_smoothing: float
+    grad_clip: float | None
+    ema_decay: float
+    recalibrate_bn: int
+    tta: bool
+    test_each_epoch: bool
+    device: str
+    precision: str
+    channels_last: bool
+    compile: bool
+    small_maps: bool
+    seed: int
+    sync_bn: bool
+    dist_timeout: int
+    deterministic: bool
+    save_every: int
+    skip_nonfinite: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as plain JSON-able values."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The configuration as indented JSON (what ``config.json`` holds)."""
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """A copy with some fields changed (``budget_plan`` for the record the run writes)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_given(cls, config: TrainConfig) -> "RunConfig":
+        """The resolved configuration from a :class:`TrainConfig` whose fields are all decided (``recipe.resolve``)."""
+        values = {name: getattr(config, name) for name in run_field_names()}
+        unset = [name for name, value in values.items() if value is None and name not in NONE_IS_A_VALUE]
+        if unset:
+            raise AssertionError(f"resolve() left field(s) {', '.join(unset)} undecided")  # a bug, not a user error
+        return cls(**values)
+
+
+# The RunConfig fields where None is a decided value (see RunConfig).
+NONE_IS_A_VALUE = ("limit_train", "limit_test", "grad_clip")
 
 
 def field_names() -> list[str]:
     """The names of all :class:`TrainConfig` fields."""
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def run_field_names() -> list[str]:
+    """The names of all :class:`RunConfig` fields (TrainConfig's but ``out``)."""
+    return [f.name for f in dataclasses.fields(RunConfig)]
 
 
 def has_flag(name: str) -> bool:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..errors import ResnetlabError
+from ..errors import LostContactError, ResnetlabError, first_line
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,24 @@ class Dist:
     def sum_(self, values: torch.Tensor) -> torch.Tensor:
         """Sum ``values`` over all ranks, in place (one process: unchanged)."""
         return all_sum(values) if self.enabled else values
+
+    def sum_scores(self, metrics: dict[str, float], device: torch.device) -> dict[str, float]:
+        """``scoring.evaluate``'s result for this rank's share -> the whole split's, summed exactly over ranks."""
+        if not self.enabled:
+            return metrics
+        sums = self.sum_(torch.tensor([metrics["correct"], metrics["loss_sum"], metrics["count"]],
+                                      dtype=torch.float64, device=device)).tolist()
+        correct, loss_sum, count = int(sums[0]), sums[1], int(sums[2])
+        return {"acc": correct / max(count, 1), "loss": loss_sum / max(count, 1), "correct": correct,
+                "loss_sum": loss_sum, "count": count}
+
+    def sums_on_main(self, *sums: torch.Tensor) -> None:
+        """Running sums (device scalars) of all ranks added up on rank 0 and zeroed elsewhere, in place."""
+        if not self.enabled:
+            return
+        total = self.sum_(torch.stack([value.double() for value in sums]))
+        for value, summed in zip(sums, total):
+            value.copy_(summed if self.is_main else torch.zeros_like(summed))
 
     def broadcast_text(self, text: str | None) -> str:
         """Rank 0's ``text`` on every rank (for the run folder rank 0 chose)."""
@@ -104,6 +122,14 @@ def is_comm_failure(exc: BaseException) -> bool:
     if dist_error is not None and isinstance(exc, dist_error):
         return True
     return isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in _COMM_FAILURE_WORDS)
+
+
+def lost_contact(exc: BaseException, rank: int, state_path, run_dir) -> LostContactError:
+    """The one line for a rank whose collective failed: the other processes died or stopped answering."""
+    return LostContactError(
+        f"rank {rank} lost contact with the other processes ({first_line(exc)[:200]}); the last saved state is "
+        f"{state_path}; continue with: torchrun ... -m resnetlab train --resume {run_dir}"
+    )
 
 
 def shutdown() -> None:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..log import Log
-from ..models import create_model
+from ..models import create_model, model_spec
 from .checkpoint import load_tensors_only
 from .config import INIT_SCHEMES, TrainConfig
 
@@ -37,16 +37,13 @@ PREFIXES = ("module.", "_orig_mod.")
 
 
 def head_name(model: nn.Module) -> str:
-    """The qualified name of the model's classifier: its last ``nn.Linear`` (``fc``; ``7`` in the book's net)."""
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ResnetlabError(f"{type(model).__name__} has no linear classifier to replace or train")
-    return names[-1]
+    """The qualified name of the model's classifier, as its registry entry records it (``fc``; ``7`` in the book's net)."""
+    return model_spec(model.model_name).classifier
 
 
-def first_conv_name(model: nn.Module) -> str | None:
-    """The qualified name of the model's first ``nn.Conv2d`` (the one that sees the input channels)."""
-    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+def first_conv_name(model: nn.Module) -> str:
+    """The qualified name of the convolution that sees the input channels, as the registry records it."""
+    return model_spec(model.model_name).first_conv
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -149,7 +146,7 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], non_str
             report.loaded.append(key)
         elif key.startswith(head + "."):
             report.reinitialised.append((key, f"{got.shape[0]} -> {value.shape[0]} classes"))
-        elif conv is not None and key == f"{conv}.weight" and got.ndim == 4 and got.shape[0] == value.shape[0] \
+        elif key == f"{conv}.weight" and got.ndim == 4 and got.shape[0] == value.shape[0] \
                 and got.shape[2:] == value.shape[2:]:
             new_state[key] = adapt_input_conv(got.float(), value.shape[1]).to(value.dtype)
             how = "summed" if value.shape[1] == 1 else "repeated and scaled"

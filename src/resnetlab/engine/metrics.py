@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import ResnetlabError
 from ..fileio import write_text
+from ..pictures import figure, save_figure
 
 COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "examples_per_sec", "seconds"]
 
@@ -48,15 +49,11 @@ def read_csv(path: str | os.PathLike[str]) -> list[dict[str, float | int | None]
 
 def plot_curves(path: str | os.PathLike[str], rows: list[dict[str, float | int | None]], title: str = "") -> None:
     """Write ``curves.png``: :func:`curves_figure` of the rows."""
-    from ..pictures import save_figure
-
     save_figure(curves_figure(rows, title), path, dpi=120)
 
 
 def curves_figure(rows: list[dict[str, float | int | None]], title: str = ""):
     """Train loss, train acc and val/test acc against epochs in one plot, as d2l's Animator draws them."""
-    from ..pictures import figure
-
     fig = figure(5, 3.5)
     ax = fig.subplots()
     epochs = [r["epoch"] for r in rows]

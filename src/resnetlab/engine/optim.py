@@ -47,24 +47,29 @@ def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int, plan: Sequen
     Without a time budget the schedule spans ``epochs`` full epochs. With one, ``plan`` holds
     the budget's decisions ``[global step, total steps]`` (``budget.py``); each applies from its
     step on. Before the first the schedule is the one of the most the run may do (``epochs``);
-    at each decision the decay goes on from where it stands to zero at the new total. So the lr
-    never jumps when a plan changes, and a run repeated with the same decisions takes the same
-    steps. The presets' warm-up covers the first measurement, where all schedules agree anyway.
+    at each decision the decay goes on from where it stands to zero at the new total. The first
+    decision also fixes the warm-up: at most half the steps it bought (a budget that bought
+    little still gets a decay), never ending before the decision's own step; a shortened warm-up
+    keeps its slope and the decay starts from the height it reached. So the lr never jumps when
+    a plan changes, and a run repeated with the same decisions takes the same steps.
     """
     decisions = [(int(at), int(total)) for at, total in plan if at <= step]
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    planned = round(config.warmup_epochs * steps_per_epoch)
+    warmup = planned
     if decisions:
-        warmup = min(warmup, decisions[-1][1] // 2)  # a budget that bought little still gets a decay
+        first_at, first_total = decisions[0]
+        warmup = max(min(planned, first_total // 2), min(planned, first_at))
+    peak = warmup / planned if planned else 1.0  # a shortened warm-up ends where it has risen to, at the same slope
     if step < warmup:
-        return (step + 1) / warmup
+        return (step + 1) / planned
     if config.schedule == "constant":
-        return 1.0
+        return peak
     if config.schedule == "step":
-        return config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
+        return peak * config.step_gamma ** (step // (config.step_epochs * steps_per_epoch))
     progress = _progress(step, warmup, config.epochs * steps_per_epoch, decisions)
     if config.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return max(0.0, 1.0 - progress)  # onecycle: linear warm-up, then linear decay to zero
+        return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak * max(0.0, 1.0 - progress)  # onecycle: linear warm-up, then linear decay to zero
 
 
 def _progress(step: int, warmup: int, ceiling: int, decisions: list[tuple[int, int]]) -> float:

@@ -1,10 +1,11 @@
-"""The run folder: where a run's files go, ``runs/latest``, and writing them from rank 0 only."""
+"""The run folder: where a run's files go, ``runs/latest``, writing them from rank 0 only, and what a finished run reports."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,36 @@ from ..log import Log, warn_stderr
 from ..weights import WeightsHeader, save_weights
 from .distributed import Dist
 from .metrics import plot_curves, write_csv
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports (also written to ``results.json``)."""
+
+    run_dir: Path
+    device: str
+    train_loss: float  # last epoch, measured during training as the book does
+    train_acc: float
+    test_acc: float | None  # with the best weights (by validation accuracy; the last epoch without validation); None: no test split
+    test_loss: float | None
+    best_epoch: int
+    best_val_acc: float | None
+    examples_per_sec: float  # training images per second over training steps only, as the book's timer
+    train_seconds: float
+    total_seconds: float  # wall time of the whole run, resumed parts included (up to their last save)
+    skipped_batches: int = 0  # batches skipped for a non-finite loss (--skip-nonfinite)
+    history: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def of_run(cls, progress: Any, *, run_dir: Path, device: str, test: dict[str, Any], validated: bool,
+               total_seconds: float) -> "TrainResult":
+        """The result of a run whose ``progress`` is done; ``test``: the best weights' test metrics (None without a test split)."""
+        p, last = progress, progress.history[-1]
+        return cls(run_dir=run_dir, device=device, train_loss=last["train_loss"], train_acc=last["train_acc"],
+                   test_acc=test["acc"], test_loss=test["loss"], best_epoch=p.best_epoch,
+                   best_val_acc=p.best_score if validated else None,
+                   examples_per_sec=p.train_examples / p.train_seconds if p.train_seconds else 0.0,
+                   train_seconds=p.train_seconds, total_seconds=total_seconds, skipped_batches=p.skipped, history=p.history)
 
 
 def default_run_dir(model_name: str) -> Path:
@@ -92,7 +123,7 @@ class RunFolder:
             write_csv(self.path / "metrics.csv", history)
             plot_curves(self.path / "curves.png", history, title=title)
 
-    def write_results(self, result: Any) -> None:
+    def write_results(self, result: TrainResult) -> None:
         """``results.json``: the final numbers of a run (JSON has no NaN: a diverged metric is null)."""
         values = {k: v for k, v in result.__dict__.items() if k not in ("run_dir", "history")}
         values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}

@@ -27,6 +27,7 @@ from ..errors import ResnetlabError
 from ..fileio import atomic_path
 from ..weights import versions
 from .checkpoint import load_tensors_only, unwrap
+from .config import RESUME_OVERRIDES, TrainConfig, load_config_file, validate
 from .steps import Training
 
 STATE_FILE = "train_state.pt"
@@ -52,6 +53,34 @@ class Progress:
     best_score: float = -1.0  # validation accuracy of the best epoch (its index when there is no validation)
     best_epoch: int = 0  # 1-based; 0: none yet
     plan: list[list[int]] = field(default_factory=list)  # the time budget's decisions [global step, total steps] (budget.py)
+
+    def train_figures(self) -> tuple[float, float, int]:
+        """This epoch's training loss and accuracy so far (NaN before any applied step), and its images."""
+        seen = int(self.seen)
+        if not seen:
+            return float("nan"), float("nan"), 0
+        return float(self.loss_sum) / seen, int(self.correct) / seen, seen
+
+    def close_epoch(self, row: dict[str, Any], seen: int) -> bool:
+        """Record the finished epoch's ``row``; move to the next epoch; return whether it is the best so far.
+
+        The best epoch is chosen on validation accuracy only (``row["val_acc"]``); without
+        validation it is the last.
+        """
+        self.history.append(row)
+        self.train_seconds += self.epoch_seconds
+        self.train_examples += seen
+        score = row["val_acc"] if row["val_acc"] is not None else float(self.epoch)
+        best = score > self.best_score
+        if best:
+            self.best_score, self.best_epoch = score, self.epoch + 1
+        self.epoch, self.step = self.epoch + 1, 0
+        return best
+
+    def zero_sums(self) -> None:
+        """Set the epoch's running sums to zero (ranks other than 0 of a resumed job: rank 0 carries the job's)."""
+        for name in _DEVICE_SUMS:
+            getattr(self, name).zero_()
 
     def start_epoch(self, device: torch.device) -> None:
         """Reset the running sums for a new epoch (kept when resuming mid-epoch)."""
@@ -154,6 +183,58 @@ def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:
     if found != FORMAT:
         raise ResnetlabError(f"{path}: not a resnetlab train state (no '{FORMAT}' format tag)")
     return state
+
+
+def open_to_resume(run_dir: Path, overrides: dict[str, Any]) -> tuple[TrainConfig, TrainConfig, dict[str, Any] | None]:
+    """What resuming ``run_dir`` starts from: (the config to run, ``config.json`` as recorded, the train state or None).
+
+    Refused in one line: a folder that is not a run, a finished run, a field that may not change
+    (only :data:`RESUME_OVERRIDES` may), a ``config.json`` edited since the state was saved.
+    With a state, the run goes on from the budget plan it was given (config.json records the
+    decisions so far, the state holds them as progress); without one (killed before its first
+    save) it starts over from config.json.
+    """
+    config_path, state_path = run_dir / "config.json", run_dir / STATE_FILE
+    if not run_dir.is_dir():
+        raise ResnetlabError(f"--resume {run_dir}: no such run folder; give the folder of a run started by 'resnetlab train'")
+    if not config_path.exists():
+        raise ResnetlabError(f"--resume {run_dir}: no config.json there, so it is not a resnetlab run folder")
+    if (run_dir / "results.json").exists():
+        raise ResnetlabError(f"--resume {run_dir}: this run already finished (results.json exists); start a new run to train more")
+    changed = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if changed:
+        raise ResnetlabError(f"--{changed[0].replace('_', '-')} cannot be changed when resuming: the run continues with "
+                             f"its own {config_path}; start a new run to change it")
+    recorded = validate(TrainConfig.from_dict(load_config_file(config_path), str(config_path)).replace(**overrides))
+    if not state_path.exists():
+        return recorded, recorded, None
+    state = load_train_state(state_path)
+    _check_resumable(state, recorded.to_dict(), config_path, state_path)
+    return recorded.replace(budget_plan=state["config"].get("budget_plan")), recorded, state
+
+
+def _check_resumable(state: dict[str, Any], recorded: dict[str, Any], config_path: Path, state_path: Path) -> None:
+    """Refuse to resume when ``config.json`` (``recorded``) differs from the config the state was saved with.
+
+    The fields a resumed run may change (``RESUME_OVERRIDES``) and the time budget's record,
+    which config.json keeps and the state holds as progress, are not compared.
+    """
+    saved = state["config"]
+    differ = sorted(k for k in recorded if k not in (*RESUME_OVERRIDES, "budget_plan") and saved.get(k) != recorded[k])
+    if differ:
+        raise ResnetlabError(
+            f"{config_path} differs from the config {state_path} was saved with (field {differ[0]!r}); "
+            "put the original back, or start a new run"
+        )
+
+
+def check_same_data(state: dict[str, Any], fingerprint: dict[str, str | None], data: str) -> None:
+    """Refuse to resume on other data than the run was trained on (each split's fingerprint)."""
+    if state.get("data") != fingerprint:
+        raise ResnetlabError(
+            f"the data differ from those the run was trained on (--data {data}); "
+            "point --data at the original files in config.json, or start a new run"
+        )
 
 
 def restore_train_state(state: dict[str, Any], training: Training) -> None:

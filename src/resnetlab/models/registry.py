@@ -1,11 +1,15 @@
 """A name -> builder registry, as in timm: ``create_model("resnet18", num_classes=10)``.
 
-Each entry also records the model's natural input size, which ``summary`` and the CLI use when
-the user gives none.
+Each entry records what the rest of the package needs to know about a model without building
+it: its natural input size (``summary`` and the CLI use it when the user gives none), whether it
+takes a ``stem``, and the names of its first convolution and its classifier (``--init``
+adapts the one to other input channels and re-initialises the other for other classes;
+``--freeze-backbone`` trains only the classifier), as timm's per-model config names them.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -18,11 +22,13 @@ Builder = TypeVar("Builder", bound=Callable[..., nn.Module])
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What the registry knows of a model: its builder, its natural square image size, and whether it takes a ``stem``."""
+    """What the registry knows of a model: its builder, natural square image size, stem option, first conv and classifier."""
 
     name: str
     builder: Callable[..., nn.Module]
     image_size: int
+    first_conv: str  # qualified name of the convolution that sees the input channels ("conv1"; "0.0" in the book's net)
+    classifier: str  # qualified name of the final linear layer ("fc"; "7" in the book's net)
     stems: bool = False  # the builder takes stem="imagenet" | "small" (the family; not the seed's fixed net)
 
 
@@ -33,13 +39,19 @@ class UnknownModelError(ResnetlabError, ValueError):
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, image_size: int, stems: bool = False) -> Callable[[Builder], Builder]:
-    """Decorator that registers a builder under ``name`` with its natural ``image_size`` (pixels); ``stems``: it takes ``stem``."""
+def register_model(name: str, *, image_size: int, first_conv: str, classifier: str,
+                   stems: bool = False) -> Callable[[Builder], Builder]:
+    """Decorator that registers a builder under ``name`` (see :class:`ModelSpec` for the rest).
+
+    Registering a name again replaces the entry, with a warning: a notebook cell that defines a
+    model may be run twice.
+    """
 
     def decorate(builder: Builder) -> Builder:
         if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = ModelSpec(name=name, builder=builder, image_size=image_size, stems=stems)
+            warnings.warn(f"model {name!r} was registered already; the new builder replaces it", stacklevel=2)
+        _REGISTRY[name] = ModelSpec(name=name, builder=builder, image_size=image_size, first_conv=first_conv,
+                                    classifier=classifier, stems=stems)
         return builder
 
     return decorate

@@ -181,49 +181,49 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
 
 
-@register_model("d2l_resnet18", image_size=96)
+@register_model("d2l_resnet18", image_size=96, first_conv="0.0", classifier="7")
 def d2l_resnet18(in_channels: int = 1, num_classes: int = 10) -> D2LResNet:
     """The seed's (d2l's) ResNet-18 for 1-channel, 10-class input: 11,178,378 parameters."""
     return D2LResNet(in_channels=in_channels, num_classes=num_classes)
 
 
-@register_model("resnet18", image_size=224, stems=True)
+@register_model("resnet18", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def resnet18(**kwargs: object) -> ResNet:
     """ResNet-18 (He et al. 2015) in torchvision's layout."""
     return ResNet(BasicBlock, [2, 2, 2, 2], **kwargs)
 
 
-@register_model("resnet34", image_size=224, stems=True)
+@register_model("resnet34", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def resnet34(**kwargs: object) -> ResNet:
     """ResNet-34 (He et al. 2015) in torchvision's layout."""
     return ResNet(BasicBlock, [3, 4, 6, 3], **kwargs)
 
 
-@register_model("resnet50", image_size=224, stems=True)
+@register_model("resnet50", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def resnet50(**kwargs: object) -> ResNet:
     """ResNet-50 (v1.5: stride on the 3x3 conv) in torchvision's layout."""
     return ResNet(Bottleneck, [3, 4, 6, 3], **kwargs)
 
 
-@register_model("resnet101", image_size=224, stems=True)
+@register_model("resnet101", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def resnet101(**kwargs: object) -> ResNet:
     """ResNet-101 (v1.5) in torchvision's layout."""
     return ResNet(Bottleneck, [3, 4, 23, 3], **kwargs)
 
 
-@register_model("resnet152", image_size=224, stems=True)
+@register_model("resnet152", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def resnet152(**kwargs: object) -> ResNet:
     """ResNet-152 (v1.5) in torchvision's layout."""
     return ResNet(Bottleneck, [3, 8, 36, 3], **kwargs)
 
 
-@register_model("resnext50_32x4d", image_size=224, stems=True)
+@register_model("resnext50_32x4d", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def resnext50_32x4d(**kwargs: object) -> ResNet:
     """ResNeXt-50 32x4d (Xie et al. 2017): 32 groups of width 4."""
     return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kwargs)
 
 
-@register_model("wide_resnet50_2", image_size=224, stems=True)
+@register_model("wide_resnet50_2", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def wide_resnet50_2(**kwargs: object) -> ResNet:
     """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): bottlenecks twice as wide."""
     return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128, **kwargs)

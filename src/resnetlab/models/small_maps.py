@@ -66,11 +66,3 @@ def use_small_map_products(model: nn.Module) -> nn.Module:
         if type(module) is nn.Conv2d:
             module.__class__ = SmallMapConv2d
     return model
-
-
-def use_plain_convolutions(model: nn.Module) -> nn.Module:
-    """Undo :func:`use_small_map_products` (for export, where ``nn.Conv2d`` is what tools know)."""
-    for module in model.modules():
-        if type(module) is SmallMapConv2d:
-            module.__class__ = nn.Conv2d
-    return model

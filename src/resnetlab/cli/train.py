@@ -1,9 +1,9 @@
-"""From command-line flags to a :class:`TrainConfig`: ``--config FILE``, then flags.
+"""``resnetlab train``: from flags to a :class:`TrainConfig` (``--config FILE``, then flags), then ``fit`` or ``resume``.
 
 Every config field gets a flag of the same name (``batch_size`` -> ``--batch-size``) with the
 field's help text, generated from the dataclass so the two never drift apart. Flags and the
 file only set fields; what they leave unset the run decides, as for ``fit(TrainConfig(...))``
-(see ``resolve.py``).
+(``engine/recipe.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,31 @@ import dataclasses
 import json
 from typing import Any
 
-from ..errors import ResnetlabError
-from .config import (
+from ..engine import fit, resume
+from ..engine.config import (
     CHOICES, RESUME_OVERRIDES, TrainConfig, check_types, field_help, field_kind, field_names, flag, has_flag, load_config_file,
-    validate,
 )
-from .presets import check_preset, preset_names
+from ..engine.recipe import check_preset, preset_names
+from ..errors import ResnetlabError
+from ..models import model_spec
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the ``train`` command: ``--resume``, ``--config`` and one flag per config field."""
+    p = sub.add_parser("train", help="train a model on Fashion-MNIST or your class folders (presets: d2l, cpu, fast, best, folder)")
+    p.add_argument("--resume", nargs="?", const="runs/latest", metavar="RUN_DIR",
+                   help="continue a stopped run from its train_state.pt, with its own config (default: runs/latest)")
+    add_train_arguments(p)
+    p.set_defaults(func=train_command)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Start a run, or continue one with ``--resume``; its time budget counts from ``args.started``."""
+    if args.resume is not None:
+        resume(args.resume, started=args.started, **resume_overrides_from_args(args))
+        return 0
+    fit(config_from_args(args), started=args.started)
+    return 0
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,10 +78,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if config.preset is not None:
         check_preset(config.preset)
     if config.model is not None:
-        from ..models import model_spec
-
         model_spec(config.model)  # an unknown --model is reported before any data is read
-    return validate(config)
+    return config  # fit() checks the values, as for any caller
 
 
 def resume_overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:

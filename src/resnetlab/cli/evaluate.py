@@ -1,0 +1,111 @@
+"""``resnetlab eval CKPT``: a checkpoint measured on its test split, with per-class figures and pictures.
+
+It writes ``report.json`` (everything), ``confusion.png`` and ``mistakes.png`` (the most
+confident errors, with ``--explain`` their Grad-CAM) and prints ``test acc T`` (``val acc`` for
+a class folder without ``test/``) and a per-class table. The measuring is ``evaluation.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ResnetlabError
+from ..evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
+from ..explain import as_seen, grad_cam
+from ..fileio import write_text
+from ..log import Log
+from ..pictures import save_confusion, save_explanation_sheet, save_image_grid
+from ..runtime import resolve_device
+from ..weights import load_model
+from .common import DEVICES, PRECISIONS
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` command."""
+    p = sub.add_parser("eval", help="measure a checkpoint on the test split: accuracy, per-class table, pictures")
+    p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
+    p.add_argument("--data", metavar="DIR", help="data folder (default: the one the checkpoint was trained on)")
+    p.add_argument("--out", metavar="DIR", help="folder for report.json, confusion.png, mistakes.png (default: eval-<name> beside CKPT)")
+    p.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
+    p.add_argument("--explain", action="store_true", help="draw Grad-CAM heatmaps of the predicted class over mistakes.png")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="fp32, bf16, fp16, fp64, or auto (as in training); default: the run's own where this device "
+                        "has it, so figures match the run's")
+    p.set_defaults(func=eval_command)
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    """Evaluate the checkpoint as the flags say."""
+    evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta, device=args.device,
+                        precision=args.precision, explain=args.explain)
+    return 0
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    data: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    tta: bool = False,
+    device: str = "auto",
+    precision: str | None = None,
+    batch_size: int | None = None,
+    mistakes: int = 32,
+    explain: bool = False,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
+
+    ``precision`` None (and ``batch_size`` None) take the run's own settings from the checkpoint,
+    so on the same machine the accuracy equals the one training reported.
+    """
+    checkpoint = Path(checkpoint)
+    model, header = load_model(checkpoint)
+    test, folder, split = load_test_split(data, header)
+    note = compare_with_training(test, folder, split, header)
+    out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ResnetlabError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    dev = resolve_device(device)
+    prec = scoring_precision(header, dev, precision)
+    logits = split_logits(model, header, test, device=dev, precision=prec, tta=tta, batch_size=batch_size)
+    report = make_report(
+        logits, test, header, mistakes=mistakes, checkpoint=str(checkpoint), data=str(folder), split=split,
+        # By the fingerprint in the checkpoint's header (None: a checkpoint written before they were kept).
+        same_images_as_training=note is None if header.data.get(split) else None,
+        tta=tta, precision=prec.name, device=str(dev),
+    )
+    write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+    names = header.class_names
+    save_confusion(out_dir / "confusion.png", torch.tensor(report["confusion"]), names,
+                   title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
+    worst = torch.tensor([m["index"] for m in report["mistakes"]], dtype=torch.long)
+    if len(worst):
+        titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
+        if explain:  # what the model looked at for the class it wrongly chose
+            model.float().to(memory_format=torch.contiguous_format)
+            x = header.preprocess(test.images[worst].to(dev)).float()
+            predicted = torch.tensor([names.index(m["predicted"]) for m in report["mistakes"]], device=dev)
+            heatmaps, _ = grad_cam(model, x, predicted)
+            shown = as_seen(test.images[worst], header.preprocess.size)
+            save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
+                                   title_colors=["firebrick"] * len(worst))
+        else:
+            save_image_grid(out_dir / "mistakes.png", test.images[worst], titles, title_colors=["firebrick"] * len(worst))
+    else:
+        (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
+    log(f"{split} acc {report['accuracy']:.4f}")
+    log(format_table(report))
+    log(f"{report['count']:,} {split} images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
+    if note:
+        log(note)
+    return report

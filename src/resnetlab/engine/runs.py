@@ -1,0 +1,89 @@
+"""A whole training run: ``fit(config)`` starts one, ``resume(run_dir)`` continues one.
+
+Both set the run up (``setup.set_up``: data, the configuration resolved once, model, loaders,
+step, progress) and hand it to the loop (``train.Loop``). The run folder is the run's memory:
+``config.json`` at the start, ``train_state.pt`` after every epoch (and every ``save_every``
+steps), so a run killed at any instant continues from its last save with the same result. Every
+duration the run reads comes from one clock, ``time.monotonic`` unless the caller passes
+another (tests pass a fake one).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..fileio import remove_stale_temporaries, write_text
+from ..log import Log
+from ..runtime import is_out_of_memory
+from .config import RunConfig, TrainConfig, check_init_file, validate
+from .distributed import env_rank
+from .run_folder import TrainResult, follow_link
+from .setup import Run, out_of_memory, set_up
+from .state import STATE_FILE, open_to_resume
+from .train import Loop
+
+Clock = Callable[[], float]  # seconds, monotonic
+
+
+@dataclass
+class Watch:
+    """How a caller follows a run besides its lines: a progress bar per epoch, and a call after each epoch."""
+
+    progress: bool | None = None  # a progress bar (tqdm.auto: a widget in a notebook); None: on a terminal only
+    on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch (rank 0)
+
+
+def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, watch: Watch | None = None,
+        clock: Clock = time.monotonic) -> TrainResult:
+    """Train as ``config`` says (unset fields decided by ``recipe.resolve``); write the run folder; return the results.
+
+    ``started`` (a reading of ``clock``) is when the run's time budget began: the ``resnetlab``
+    command passes its process's start; the default is this call. Raises
+    :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
+    :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
+    """
+    started = clock() if started is None else started
+    check_init_file(validate(config))
+    return _train(config, lambda: set_up(config, log, out=config.out), started=started, clock=clock, watch=watch)
+
+
+def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *, started: float | None = None,
+           clock: Clock = time.monotonic, **overrides: Any) -> TrainResult:
+    """Continue the run in ``run_dir`` from its ``train_state.pt``, with the run's own config.
+
+    Only the fields in ``config.RESUME_OVERRIDES`` may be changed. A run killed before its first
+    save starts again from the beginning in the same folder (same seed, same result). A time
+    budget goes on from what the earlier processes used (``started`` and ``clock`` as for :func:`fit`).
+    """
+    started = clock() if started is None else started
+    run_dir = follow_link(Path(run_dir))
+    given, recorded, state = open_to_resume(run_dir, overrides)
+    if state is None:
+        check_init_file(given)  # a run that never saved starts over, from its --init file again
+    if env_rank() == 0:  # under torchrun only rank 0 writes
+        if overrides:
+            write_text(run_dir / "config.json", RunConfig.from_given(recorded).to_json())
+        remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
+    return _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state), started=started, clock=clock,
+                  watch=None)
+
+
+def _train(given: TrainConfig, make: Callable[[], Run], *, watch: Watch | None, **loop: Any) -> TrainResult:
+    """Set the run up and train it; memory running out becomes one line naming what to lower."""
+    try:
+        run = make()
+    except RuntimeError as exc:  # before anything reached the device (set_up names the batch from then on)
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(exc, given.device or "the device", given.batch_size, None) from None
+    try:
+        watch = watch or Watch()
+        return Loop(run, progress=watch.progress, on_epoch=watch.on_epoch, **loop).train()
+    except RuntimeError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        raise out_of_memory(exc, run.device, run.config.batch_size, run.folder / STATE_FILE) from None
