@@ -100,6 +100,13 @@ def test_a_replan_continues_the_decay_without_a_jump(schedule):
     assert shorter[-1] < 0.03  # the lowered plan on its own also ends at the bottom of its decay
 
 
+def test_constant_and_step_schedules_keep_their_warmup_and_peak_under_a_budget():
+    for schedule in ("constant", "step"):
+        config = with_base_defaults(TrainConfig(epochs=20, schedule=schedule, warmup_epochs=2.0, time_budget=1.0))
+        factors = [lr_factor(step, config, 50, [[20, 60]]) for step in range(60)]
+        assert factors == [lr_factor(step, config, 50) for step in range(60)]  # a plan only ends them sooner
+
+
 @pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
 @pytest.mark.parametrize("plan", [[[20, 30]], [[5, 12]], [[20, 150]], [[20, 4000], [100, 180]]])
 def test_a_budget_that_shortens_the_warmup_never_jumps(schedule, plan):

@@ -335,3 +335,13 @@ def test_a_quick_first_try_on_a_small_subset_trains(real_data, tmp_path, capsys)
     results = json.loads((out / "results.json").read_text())
     assert results["test_acc"] > 0.3  # 16 steps on 256 images: well above chance (0.1), nowhere near blown up
 
+
+def test_the_resolved_configuration_has_every_given_field_but_the_run_folder():
+    import dataclasses
+
+    from resnetlab.engine import RunConfig
+
+    given = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert [f.name for f in dataclasses.fields(RunConfig)] == [name for name in given if name != "out"]
+    assert dataclasses.fields(RunConfig)[0].name == "preset" and RunConfig.__dataclass_params__.frozen
+

@@ -165,3 +165,23 @@ def test_the_registry_names_each_models_first_conv_and_classifier(name):
     assert isinstance(modules[spec.first_conv], torch.nn.Conv2d) and modules[spec.first_conv].in_channels == 2
     assert isinstance(modules[spec.classifier], torch.nn.Linear) and modules[spec.classifier].out_features == 7
 
+
+def test_a_model_registered_without_layer_names_has_them_found():
+    import warnings
+
+    from torch import nn
+
+    from resnetlab.engine.initialize import first_conv_name, freeze_backbone, head_name
+    from resnetlab.models import register_model
+
+    class Tiny(nn.Sequential):
+        def __init__(self, in_channels=1, num_classes=10):
+            super().__init__(nn.Conv2d(in_channels, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the test may run twice in one process
+        register_model("test_tiny", image_size=8)(Tiny)
+    model = create_model("test_tiny", num_classes=3)
+    assert (first_conv_name(model), head_name(model)) == ("0", "3")
+    assert freeze_backbone(model) == ["3.weight", "3.bias"]
+

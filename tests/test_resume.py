@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import one_line_error, train_child, wait_for
+from helpers import make_images, one_line_error, train_child, wait_for, write_idx
 from resnetlab.cli import main
 from resnetlab.engine.state import STATE_FILE, load_train_state
 
@@ -390,4 +390,27 @@ def test_running_out_of_memory_while_setting_up_leaves_no_run_folder(tiny_data, 
     run = tmp_path / "run"
     one_line_error(capsys, tiny_args(tiny_data, run), "out of memory on cpu at --batch-size 50", "lower --batch-size")
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_run_resumes_where_its_data_moved_with_data_and_only_with_the_same_images(finished_run, tiny_data, tmp_path,
+                                                                                       capsys):
+    import shutil
+
+    run = shutil.copytree(finished_run, tmp_path / "run")
+    (run / "results.json").unlink()  # as if stopped after its last epoch, before the final test
+    moved = shutil.copytree(tiny_data, tmp_path / "moved")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "data": str(tmp_path / "gone")}))
+    state = torch.load(run / STATE_FILE, weights_only=True)
+    state["config"]["data"] = str(tmp_path / "gone")
+    torch.save(state, run / STATE_FILE)  # the run as trained on a folder that is not there any more
+    one_line_error(capsys, ["train", "--resume", str(run)], "gone", "does not exist")
+    assert main(["train", "--resume", str(run), "--data", str(moved)]) == 0
+    assert json.loads((run / "config.json").read_text())["data"] == str(moved)
+    other = shutil.copytree(tiny_data, tmp_path / "other")
+    write_idx(other / "t10k-images-idx3-ubyte.gz", make_images(200, 99)[0])
+    (run / "results.json").unlink()
+    one_line_error(capsys, ["train", "--resume", str(run), "--data", str(other)], "the data differ",
+                   "--resume RUN_DIR --data DIR")
 

@@ -144,11 +144,16 @@ class RunConfig:
     """The configuration a run uses: every :class:`TrainConfig` field decided (``out`` aside), frozen.
 
     Made only by ``recipe.resolve()``; written to ``config.json`` and into every weight file's
-    header. ``device`` and ``precision`` are what they resolved to (``cpu``, ``bf16``), ``data``
-    the folder read, ``channels`` the images' channels, ``model_args`` the stem chosen. Where a
-    run's files go (``out``) is not part of it: a ``config.json`` given back repeats the run in a
-    new folder. Three fields hold None as a value, not as "unset": ``limit_train`` and
-    ``limit_test`` (None: every image) and ``grad_clip`` (None: no clipping).
+    header. ``precision`` is what it resolved to (``bf16``), ``data`` the folder read (an absolute
+    path; a resumed run may be told where the same files are now), ``model_args`` the stem
+    chosen. Two fields bind a run to a machine or to its images rather than say what it
+    computes, and stay as given, so that a run resumes on another machine and a ``config.json``
+    given back with other ``--data`` reads those as they are: ``device`` (``auto`` unless given:
+    the device used is in the run's first line and ``results.json``) and ``channels`` (None: as
+    the images are; the weights' header records what they were). Where a run's files go (``out``)
+    is not part of it: a ``config.json`` given back repeats the run in a new folder. Four fields
+    hold None as a value, not as "unset": ``channels``, ``limit_train`` and ``limit_test`` (None:
+    every image) and ``grad_clip`` (None: no clipping).
     """
 
     preset: str
@@ -160,7 +165,7 @@ class RunConfig:
     data: str
     val_split: int
     val_fraction: float
-    channels: int
+    channels: int | None
     strict: bool
     limit_train: int | None
     limit_test: int | None
@@ -223,7 +228,7 @@ class RunConfig:
 
 
 # The RunConfig fields where None is a decided value (see RunConfig).
-NONE_IS_A_VALUE = ("limit_train", "limit_test", "grad_clip")
+NONE_IS_A_VALUE = ("channels", "limit_train", "limit_test", "grad_clip")
 
 
 def field_names() -> list[str]:
@@ -298,7 +303,8 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 INIT_SCHEMES = ("default", "xavier")
 # Fields a resumed run may change: they decide how the run is saved and guarded, not what it computes.
-RESUME_OVERRIDES = ("save_every", "skip_nonfinite")
+# ``data`` may name where the same files are now (each split's fingerprint must still match).
+RESUME_OVERRIDES = ("save_every", "skip_nonfinite", "data")
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "step", "cosine", "onecycle"),

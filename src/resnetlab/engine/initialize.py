@@ -37,13 +37,29 @@ PREFIXES = ("module.", "_orig_mod.")
 
 
 def head_name(model: nn.Module) -> str:
-    """The qualified name of the model's classifier, as its registry entry records it (``fc``; ``7`` in the book's net)."""
-    return model_spec(model.model_name).classifier
+    """The qualified name of the model's classifier: as its registry entry names it (``fc``; ``7`` in the book's
+    net), else its last ``nn.Linear``."""
+    named = _registered(model, "classifier")
+    if named is not None:
+        return named
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ResnetlabError(f"{type(model).__name__} has no linear classifier to replace or train")
+    return names[-1]
 
 
-def first_conv_name(model: nn.Module) -> str:
-    """The qualified name of the convolution that sees the input channels, as the registry records it."""
-    return model_spec(model.model_name).first_conv
+def first_conv_name(model: nn.Module) -> str | None:
+    """The qualified name of the convolution that sees the input channels: as the registry names it, else the first."""
+    named = _registered(model, "first_conv")
+    if named is not None:
+        return named
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _registered(model: nn.Module, which: str) -> str | None:
+    """The layer name the model's registry entry gives for ``which`` (None: not registered, or not named)."""
+    name = getattr(model, "model_name", None)
+    return getattr(model_spec(name), which) if name is not None else None
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -146,7 +162,7 @@ def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], non_str
             report.loaded.append(key)
         elif key.startswith(head + "."):
             report.reinitialised.append((key, f"{got.shape[0]} -> {value.shape[0]} classes"))
-        elif key == f"{conv}.weight" and got.ndim == 4 and got.shape[0] == value.shape[0] \
+        elif conv is not None and key == f"{conv}.weight" and got.ndim == 4 and got.shape[0] == value.shape[0] \
                 and got.shape[2:] == value.shape[2:]:
             new_state[key] = adapt_input_conv(got.float(), value.shape[1]).to(value.dtype)
             how = "summed" if value.shape[1] == 1 else "repeated and scaled"

@@ -36,6 +36,10 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, fused=fused or None)
 
 
+# The schedules that decay to zero at the run's last step (and so follow the time budget's plan).
+DECAYING = ("cosine", "onecycle")
+
+
 def total_steps(config: TrainConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> int:
     """The steps the run takes: the last time-budget decision's total, else ``epochs`` full epochs."""
     return plan[-1][1] if plan else config.epochs * steps_per_epoch
@@ -47,16 +51,17 @@ def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int, plan: Sequen
     Without a time budget the schedule spans ``epochs`` full epochs. With one, ``plan`` holds
     the budget's decisions ``[global step, total steps]`` (``budget.py``); each applies from its
     step on. Before the first the schedule is the one of the most the run may do (``epochs``);
-    at each decision the decay goes on from where it stands to zero at the new total. The first
-    decision also fixes the warm-up: at most half the steps it bought (a budget that bought
-    little still gets a decay), never ending before the decision's own step; a shortened warm-up
-    keeps its slope and the decay starts from the height it reached. So the lr never jumps when
-    a plan changes, and a run repeated with the same decisions takes the same steps.
+    at each decision the decay goes on from where it stands to zero at the new total. For the
+    decaying schedules the first decision also fixes the warm-up: at most half the steps it
+    bought (a budget that bought little still gets a decay), never ending before the decision's
+    own step; a shortened warm-up keeps its slope and the decay starts from the height it
+    reached (``constant`` and ``step`` keep their warm-up and peak). So the lr never jumps when a
+    plan changes, and a run repeated with the same decisions takes the same steps.
     """
     decisions = [(int(at), int(total)) for at, total in plan if at <= step]
     planned = round(config.warmup_epochs * steps_per_epoch)
     warmup = planned
-    if decisions:
+    if decisions and config.schedule in DECAYING:
         first_at, first_total = decisions[0]
         warmup = max(min(planned, first_total // 2), min(planned, first_at))
     peak = warmup / planned if planned else 1.0  # a shortened warm-up ends where it has risen to, at the same slope

@@ -312,8 +312,7 @@ def resolve(given: TrainConfig, first: BeforeData, facts: DataFacts) -> tuple[Ru
     args = dict(config.model_args)
     if args.get("stem") == "auto":
         args["stem"] = stem_for(config.image_size, device)
-    config = config.replace(model_args=args, data=str(facts.source.resolve()), channels=facts.channels,
-                            device=device.type, precision=first.precision)
+    config = config.replace(model_args=args, data=str(facts.source.resolve()), precision=first.precision)
     validate(config)
     if config.batch_size > facts.train_images:
         raise ResnetlabError(f"--batch-size {config.batch_size} is larger than the {facts.train_images} training images; "

@@ -10,6 +10,7 @@ another (tests pass a fake one).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any, Callable
 from ..fileio import remove_stale_temporaries, write_text
 from ..log import Log
 from ..runtime import is_out_of_memory
-from .config import RunConfig, TrainConfig, check_init_file, validate
+from .config import TrainConfig, check_init_file, validate
 from .distributed import env_rank
 from .run_folder import TrainResult, follow_link
 from .setup import Run, out_of_memory, set_up
@@ -66,7 +67,8 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *,
         check_init_file(given)  # a run that never saved starts over, from its --init file again
     if env_rank() == 0:  # under torchrun only rank 0 writes
         if overrides:
-            write_text(run_dir / "config.json", RunConfig.from_given(recorded).to_json())
+            kept = {k: v for k, v in recorded.to_dict().items() if k != "out"}  # config.json's fields, changed
+            write_text(run_dir / "config.json", json.dumps(kept, indent=2) + "\n")
         remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
     return _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state), started=started, clock=clock,
                   watch=None)

@@ -5,7 +5,7 @@ data; the configuration resolved against them (``recipe.resolve``); the model; t
 where the run stands (fresh, or the saved progress); the optimisation step's pieces, with a
 saved state loaded into them; and last the run folder, so that a bad flag or file, or memory
 running out, leaves nothing behind. The result, :class:`Run`, is plain data: the loop in ``train.py`` reads it and changes only
-the progress and what the training step holds.
+the progress, the best weights and what the training step holds.
 """
 
 from __future__ import annotations

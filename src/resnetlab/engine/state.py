@@ -8,7 +8,9 @@ loader draws it from ``(seed, epoch)`` and augmentation from ``(seed, epoch, ste
 The file is written atomically (temporary name, fsync, rename), so a kill at any instant
 leaves the previous good state, and it is read with ``torch.load(weights_only=True)``, which
 refuses any pickled object other than tensors and plain containers: loading it never runs
-code from it.
+code from it. :func:`open_to_resume` checks a run folder before it is resumed (a run, not
+finished, ``config.json`` as the state was saved with, only allowed changes), and
+:func:`check_same_data` that its data are the ones it was trained on.
 """
 
 from __future__ import annotations
@@ -232,8 +234,8 @@ def check_same_data(state: dict[str, Any], fingerprint: dict[str, str | None], d
     """Refuse to resume on other data than the run was trained on (each split's fingerprint)."""
     if state.get("data") != fingerprint:
         raise ResnetlabError(
-            f"the data differ from those the run was trained on (--data {data}); "
-            "point --data at the original files in config.json, or start a new run"
+            f"the data differ from those the run was trained on (--data {data}); give the folder that holds the "
+            "original files (resnetlab train --resume RUN_DIR --data DIR), or start a new run"
         )
 
 

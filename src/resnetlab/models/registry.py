@@ -27,8 +27,8 @@ class ModelSpec:
     name: str
     builder: Callable[..., nn.Module]
     image_size: int
-    first_conv: str  # qualified name of the convolution that sees the input channels ("conv1"; "0.0" in the book's net)
-    classifier: str  # qualified name of the final linear layer ("fc"; "7" in the book's net)
+    first_conv: str | None = None  # the convolution that sees the input channels ("conv1"; "0.0" in the book's net)
+    classifier: str | None = None  # the final linear layer ("fc"; "7" in the book's net)
     stems: bool = False  # the builder takes stem="imagenet" | "small" (the family; not the seed's fixed net)
 
 
@@ -39,12 +39,13 @@ class UnknownModelError(ResnetlabError, ValueError):
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, image_size: int, first_conv: str, classifier: str,
+def register_model(name: str, *, image_size: int, first_conv: str | None = None, classifier: str | None = None,
                    stems: bool = False) -> Callable[[Builder], Builder]:
     """Decorator that registers a builder under ``name`` (see :class:`ModelSpec` for the rest).
 
-    Registering a name again replaces the entry, with a warning: a notebook cell that defines a
-    model may be run twice.
+    ``first_conv`` and ``classifier`` name the model's layers (qualified module names); left
+    out, the model's first ``nn.Conv2d`` and last ``nn.Linear`` are taken. Registering a name
+    again replaces the entry, with a warning: a notebook cell that defines a model may be run twice.
     """
 
     def decorate(builder: Builder) -> Builder:
