@@ -82,6 +82,17 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def make_folder(path: str | os.PathLike[str], flag: str | None = "--out") -> Path:
+    """Create the folder ``path`` (and its parents) if it is not there; one that cannot be made is one line naming it."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        name = f"{flag} {folder}: cannot create it" if flag else f"cannot create {folder}"
+        raise ResnetlabError(f"{name} ({exc.strerror}); choose a writable folder") from None
+    return folder
+
+
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ResnetlabError
 from ..evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
 from ..explain import as_seen, grad_cam
-from ..fileio import write_text
+from ..fileio import make_folder, write_text
 from ..log import Log
 from ..pictures import save_confusion, save_explanation_sheet, save_image_grid
 from ..runtime import resolve_device
@@ -70,11 +69,7 @@ def evaluate_checkpoint(
     model, header = load_model(checkpoint)
     test, folder, split = load_test_split(data, header)
     note = compare_with_training(test, folder, split, header)
-    out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out {out_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    out_dir = make_folder(out if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}")
     dev = resolve_device(device)
     prec = scoring_precision(header, dev, precision)
     logits = split_logits(model, header, test, device=dev, precision=prec, tta=tta, batch_size=batch_size)

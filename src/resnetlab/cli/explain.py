@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from ..classifier import load
 from ..errors import ResnetlabError
+from ..fileio import make_folder
 from ..explain import StageOutput, as_seen, default_stage, find_stage, stage_outputs
 from ..images import find_images, read_image
 from ..log import Log
@@ -111,11 +112,7 @@ def explain_files(checkpoint: str, images: list[str], out: str, *, target: str |
     files = find_images(images)
     if not files:
         raise ResnetlabError(f"no image files in {' '.join(images)}; give image files or folders holding them")
-    folder = Path(out)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out {folder}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    folder = make_folder(out)
     written: list[str] = []
     sheet_images, sheet_maps, sheet_titles = [], [], []  # the first SHEET_IMAGES, for sheet.png
     decoded = [clf.to_uint8(path) for path in files]  # a bad file: one line naming it, before any picture is written

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import ResnetlabError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, make_folder
 from .imageset import DataError
 
 DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -88,11 +88,7 @@ def download_fashion_mnist(
     """
     if retries < 1:
         raise DataError(f"--retries {retries} must be at least 1 (the number of tries per file)")
-    folder = Path(target)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise DataError(f"cannot create {folder} ({exc.strerror}); choose a writable folder") from None
+    folder = make_folder(target, flag=None)
     base = base_url if base_url.endswith("/") else base_url + "/"
     for name, expected in CONTENT_SHA256.items():
         final = folder / name

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import ResnetlabError
-from ..fileio import write_text
+from ..fileio import make_folder, write_text
 from ..log import Log, warn_stderr
 from ..weights import WeightsHeader, save_weights
 from .distributed import Dist
@@ -66,10 +66,7 @@ def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -
         raise ResnetlabError(
             f"--out {run_dir} already holds a run; choose another folder, or continue it with --resume {run_dir}"
         )
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ResnetlabError(f"--out {run_dir}: cannot create it ({exc.strerror}); choose a writable folder") from None
+    make_folder(run_dir)
     if out is None:
         link = run_dir.parent / "latest"
         if link.exists() and not link.is_symlink():
