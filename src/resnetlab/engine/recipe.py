@@ -149,7 +149,6 @@ class DataFacts:
     source: Path  # the folder read
     train_images: int  # after --limit-train
     side: int  # the side the images were stored at (a folder's decoded size; 28 for Fashion-MNIST)
-    channels: int
 
 
 def stem_for(size: int, device: torch.device) -> str:

@@ -89,7 +89,7 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     log = log if dist.is_main else silent
     train, val, test, source = load_data(first, warn=warn_stderr if dist.is_main else silent)
     facts = DataFacts(kind=dataset_kind(first.data), source=source, train_images=len(train),
-                      side=int(train.images.shape[-1]), channels=int(train.images.shape[1]))
+                      side=int(train.images.shape[-1]))
     config, lines = resolve(given, first, facts)
     for line in lines if state is None else []:
         log(line)
