@@ -34,13 +34,13 @@ from .models import (
     wide_resnet50_2,
 )
 from .summarize import ModelSummary, summary
-from .training import train
+from .training import resume, train
 
 from .version import __version__
 
 __all__ = [
     "BasicBlock", "Bottleneck", "Classifier", "D2LResNet", "ModelSummary", "Prediction", "Residual", "ResNet", "ResnetlabError",
     "UnknownModelError", "__version__", "create_model", "d2l_resnet18", "list_models", "load", "model_spec",
-    "register_model", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_block",
+    "register_model", "resnet18", "resume", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_block",
     "resnext50_32x4d", "summary", "train", "wide_resnet50_2",
 ]

@@ -115,7 +115,11 @@ class Classifier:
         return result
 
 
-def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Classifier:
-    """Load a resnetlab ``.safetensors`` weight file as a :class:`Classifier` (model in eval mode)."""
-    model, header = load_model(path)
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu", *, model: nn.Module | None = None) -> Classifier:
+    """Load a resnetlab ``.safetensors`` weight file as a :class:`Classifier` (model in eval mode).
+
+    ``model``: a module you built, given the file's weights in place; needed for a file of your
+    own network (``resnetlab.train(model=net)``), whose class only your code defines.
+    """
+    model, header = load_model(path, model)
     return Classifier(model, header, device)

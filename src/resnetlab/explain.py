@@ -31,11 +31,25 @@ from .errors import ResnetlabError
 MIN_CAM_SIDE = 4
 
 
+# Where a plain nn.Sequential's feature maps end: what comes after them makes vectors of the maps.
+HEAD_LAYERS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear)
+
+
 def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The model's stages, in order (a model without ``stages()`` is not one of ours)."""
-    if not hasattr(model, "stages"):
-        raise ResnetlabError(f"{type(model).__name__} does not name its stages; use a resnetlab model")
-    return model.stages()
+    """The model's stages, in order: its ``stages()``, or for a plain ``nn.Sequential`` (the notes' own ``net``)
+    its parts before the pooling, named b1, b2, ... as the notes name them."""
+    if hasattr(model, "stages"):
+        return model.stages()
+    if isinstance(model, nn.Sequential):
+        parts = []
+        for part in model:
+            if isinstance(part, HEAD_LAYERS):
+                break
+            parts.append(part)
+        if parts:
+            return [(f"b{i + 1}", part) for i, part in enumerate(parts)]
+    raise ResnetlabError(f"{type(model).__name__} does not name its stages: give it a stages() method that returns "
+                         "[(name, module), ...] in order, as resnetlab's models do")
 
 
 def find_stage(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:

@@ -48,16 +48,37 @@ def train(preset: str | None = None, **fields: Any):
 
     ``fields`` are :class:`~resnetlab.engine.TrainConfig` fields (``data``, ``epochs``, ``lr`` ...);
     what they leave unset is decided as for ``resnetlab train``: the preset (by device, or
-    ``folder`` for your own images), then the data. Example::
+    ``folder`` for your own images), then the data. ``model`` is a registered name, or your own
+    ``nn.Module`` (as d2l's ``train_ch6(net, ...)`` takes one): the same loop, presets, budget,
+    figure, run folder and resume train a copy of it, and ``net`` holds the best weights at the
+    end. Example::
 
         import resnetlab
         result = resnetlab.train(data="my_images/", epochs=15)
         result.best_val_acc, result.run_dir
         clf = resnetlab.load(result.run_dir / "best.safetensors")
+        result = resnetlab.train(model=net, preset="d2l", epochs=2)      # the notes' own nn.Sequential
+        clf = resnetlab.load(result.run_dir / "best.safetensors", model=net)
     """
-    from .engine import TrainConfig, Watch, fit
+    from torch import nn
 
+    from .engine import TrainConfig, fit
+
+    module = fields.pop("model") if isinstance(fields.get("model"), nn.Module) else None
     config = TrainConfig(preset=preset, **fields)
-    if in_notebook():
-        return fit(config, watch=Watch(progress=True, on_epoch=LiveCurves(f"{config.model or ''} {preset or ''}".strip())))
-    return fit(config)
+    title = type(module).__name__ if module is not None else config.model or ""
+    return fit(config, watch=_watch(f"{title} {preset or ''}".strip()), model=module)
+
+
+def resume(run_dir: Any = "runs/latest", model: Any = None, **overrides: Any):
+    """Continue a stopped run (``resnetlab train --resume``); a run of your own network needs it again as ``model``."""
+    from .engine import resume as resume_run
+
+    return resume_run(run_dir, watch=_watch(str(run_dir)), model=model, **overrides)
+
+
+def _watch(title: str):
+    """In Jupyter a progress bar and the live figure; elsewhere nothing but the run's lines."""
+    from .engine import Watch
+
+    return Watch(progress=True, on_epoch=LiveCurves(title)) if in_notebook() else None

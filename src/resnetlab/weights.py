@@ -28,6 +28,7 @@ from .data.loader import to_model_input
 from .errors import ResnetlabError, first_line
 from .fileio import atomic_path
 from .models import create_model
+from .models.registry import CUSTOM_PREFIX, is_custom
 from .version import __version__
 
 FORMAT = "resnetlab.weights/1"
@@ -82,7 +83,9 @@ class WeightsHeader:
     def of_run(cls, *, model: nn.Module, class_names: list[str], preprocess: Preprocess, config: dict[str, Any],
                row: dict[str, Any], epoch: int, data: dict[str, str | None]) -> "WeightsHeader":
         """The header a training run writes for ``model`` at ``epoch`` (``row``: that epoch's metrics; ``config``: the run's)."""
-        return cls(model=model.model_name, model_args=model.model_args, class_names=class_names, preprocess=preprocess,
+        # A custom module (resnetlab.train(model=net)) is recorded by its class; only its caller can rebuild it.
+        name, args = (config["model"], {}) if is_custom(config["model"]) else (model.model_name, model.model_args)
+        return cls(model=name, model_args=args, class_names=class_names, preprocess=preprocess,
                    precision=config["precision"], preset=config["preset"], epoch=epoch,
                    metrics={k: v for k, v in row.items() if v is not None}, config=config, data=data)
 
@@ -173,12 +176,24 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
         raise ResnetlabError(f"{path}: damaged safetensors file ({exc})") from None
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, WeightsHeader]:
-    """Rebuild the model a weight file describes and load its weights (float32, CPU, eval mode)."""
+def load_model(path: str | os.PathLike[str], model: nn.Module | None = None) -> tuple[nn.Module, WeightsHeader]:
+    """Rebuild the model a weight file describes and load its weights (float32, CPU, eval mode).
+
+    ``model``: a module the caller built, loaded in place instead (the one way to read back a
+    custom module's weights, whose header names only its class; a registry model works too).
+    """
     state, header = load_weights(path)
+    if model is None and is_custom(header.model):
+        kind = header.model.removeprefix(CUSTOM_PREFIX)
+        raise ResnetlabError(
+            f"{path} holds the weights of a custom {kind} (trained with resnetlab.train(model=net)), which only Python "
+            f"can rebuild: build the same {kind} and load it with resnetlab.load({str(path)!r}, model=net)"
+        )
+    which = "the model given" if model is not None else "the model its header names"
     try:
-        model = create_model(header.model, **header.model_args)
+        if model is None:
+            model = create_model(header.model, **header.model_args)
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
-        raise ResnetlabError(f"{path}: the weights do not fit the model its header names ({first_line(exc)})") from None
+        raise ResnetlabError(f"{path}: the weights do not fit {which} ({first_line(exc)})") from None
     return model.float().eval(), header

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from torch import nn
+
 from ..errors import ResnetlabError
 from ..export import CHECK_BATCHES, FORMATS, check_pixels, export_model
 from ..log import Log
@@ -30,8 +32,12 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str = "onnx", out: str | os.PathLike[str] | None = None,
-                      *, opset: int | None = None, data: str | None = None, log: Log = print) -> Path:
-    """Export a weight file to ONNX or TorchScript, verify it against PyTorch, and return its path."""
+                      *, opset: int | None = None, data: str | None = None, log: Log = print,
+                      model: nn.Module | None = None) -> Path:
+    """Export a weight file to ONNX or TorchScript, verify it against PyTorch, and return its path.
+
+    ``model``: the module a custom run trained (``resnetlab.train(model=net)``), which the file alone cannot rebuild.
+    """
     if fmt not in FORMATS:
         raise ResnetlabError(f"--format {fmt!r} is not one of: {', '.join(FORMATS)}")
     if opset is not None and fmt != "onnx":
@@ -39,7 +45,7 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str = "onnx", out
     if opset is not None and not 7 <= opset <= 30:
         raise ResnetlabError(f"--opset {opset} is out of range; use 18 or later (the exporter's default: leave it out)")
     checkpoint = Path(checkpoint)
-    model, header = load_model(checkpoint)
+    model, header = load_model(checkpoint, model)
     target = Path(out) if out is not None else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
     if not target.parent.is_dir():
         raise ResnetlabError(f"--out {target}: the folder {target.parent} does not exist; create it or choose another")

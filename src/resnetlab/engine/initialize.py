@@ -19,6 +19,7 @@ A table of loaded, adapted, re-initialised and ignored keys is returned for prin
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ResnetlabError
+from ..errors import ResnetlabError, first_line
 from ..log import Log
-from ..models import create_model, model_spec
+from ..models import create_model, list_models, model_spec
 from .checkpoint import load_tensors_only
 from .config import INIT_SCHEMES, TrainConfig
 
@@ -59,7 +60,7 @@ def first_conv_name(model: nn.Module) -> str | None:
 def _registered(model: nn.Module, which: str) -> str | None:
     """The layer name the model's registry entry gives for ``which`` (None: not registered, or not named)."""
     name = getattr(model, "model_name", None)
-    return getattr(model_spec(name), which) if name is not None else None
+    return getattr(model_spec(name), which) if name in list_models() else None
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -213,18 +214,24 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
 
-def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Log | None = None) -> nn.Module:
+def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Log | None = None,
+                module: nn.Module | None = None) -> nn.Module:
     """Create the configured model for the data's channels and classes, with the configured init.
 
-    With ``--init FILE`` the file's weights are copied in as far as they fit and the table of
-    what was loaded is passed to ``log``; without ``log`` (a resumed run, whose state holds the
-    weights) the file is not read at all.
+    ``module``: a network the caller built (``resnetlab.train(model=net)``); a copy of it is
+    trained instead of a registry model (:func:`copy_custom_module`). With ``--init FILE`` the
+    file's weights are copied in as far as they fit and the table of what was loaded is passed
+    to ``log``; without ``log`` (a resumed run, whose state holds the weights) the file is not
+    read at all.
     """
-    args = {"in_channels": in_channels, "num_classes": num_classes, **config.model_args}
-    try:
-        model = create_model(config.model, **args)
-    except (TypeError, ValueError) as exc:
-        raise ResnetlabError(f"--model-args {json.dumps(config.model_args)} do not fit {config.model} ({exc})") from None
+    if module is not None:
+        model = copy_custom_module(module, in_channels, num_classes, config.image_size)
+    else:
+        args = {"in_channels": in_channels, "num_classes": num_classes, **config.model_args}
+        try:
+            model = create_model(config.model, **args)
+        except (TypeError, ValueError) as exc:
+            raise ResnetlabError(f"--model-args {json.dumps(config.model_args)} do not fit {config.model} ({exc})") from None
     if config.init == "xavier":
         xavier_init(model)
     elif config.init not in INIT_SCHEMES and log is not None:
@@ -232,3 +239,40 @@ def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Lo
     if config.freeze_backbone:
         freeze_backbone(model)
     return model
+
+
+def copy_custom_module(module: nn.Module, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    """A float32 CPU copy of the caller's ``module``, checked first on a batch of this run's input shape.
+
+    A copy, so that what the run does to its model (the device, the precision, channels-last,
+    the small-map convolutions, DDP) never reaches the caller's object; the run gives the
+    caller's module its best weights when it ends. The check (two blank images, eval mode, no
+    gradients, on the module's own device) turns a module built for other images or classes
+    into one line before any training, and gives lazy layers (``nn.LazyConv2d``) their shapes,
+    in the caller's module as the book's dummy forward pass does: a module with uninitialised
+    lazy layers can be neither copied nor optimised.
+    """
+    name = type(module).__name__
+    shape = [2, in_channels, image_size, image_size]
+    first = next(iter(module.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(shape, device=device))
+    except Exception as exc:  # noqa: BLE001 - any failure of a caller's module on our input is a misfit
+        raise ResnetlabError(
+            f"model={name} fails on this run's input, a batch of shape {shape} ({in_channels}-channel images at "
+            f"--image-size {image_size}): {first_line(exc)[:200]}; build it for that input, or set image_size (and the "
+            "data's channels) to what it takes"
+        ) from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor) or list(out.shape) != [2, num_classes]:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ResnetlabError(f"model={name} gives {got} for a batch of shape {shape}, but the data have {num_classes} "
+                             f"classes: its output must be [batch, {num_classes}] (one score per class)")
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ResnetlabError(f"model={name} has no trainable parameters")
+    return copy.deepcopy(module).cpu().float()

@@ -35,6 +35,7 @@ import torch
 from ..data import dataset_kind
 from ..errors import ResnetlabError
 from ..models import model_spec
+from ..models.registry import is_custom
 from ..runtime import resolve_device, resolve_precision
 from .config import RunConfig, TrainConfig, validate
 
@@ -295,7 +296,8 @@ def resolve(given: TrainConfig, first: BeforeData, facts: DataFacts) -> tuple[Ru
     fill: dict[str, Any] = {}
     if facts.kind == "folder":
         fill["model"] = "resnet18"
-        fill["model_args"] = {"stem": "auto"} if model_spec(config.model or "resnet18").stems else {}
+        stems = not is_custom(config.model) and model_spec(config.model or "resnet18").stems
+        fill["model_args"] = {"stem": "auto"} if stems else {}
         fill["image_size"] = facts.side
     if config.preset == "folder":
         fill.update(folder_recipe(facts.train_images, config.image_size or facts.side, device))

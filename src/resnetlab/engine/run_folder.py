@@ -52,7 +52,7 @@ class TrainResult:
 
 def default_run_dir(model_name: str) -> Path:
     """``runs/<date-time>-<model>`` under the working folder."""
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name}"
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name.replace(':', '-')}"  # custom:Net
 
 
 def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -> Path:

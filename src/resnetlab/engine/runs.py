@@ -17,9 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from torch import nn
+
+from ..errors import ResnetlabError
 from ..fileio import remove_stale_temporaries, write_text
 from ..log import Log
+from ..models.registry import CUSTOM_PREFIX, custom_model_name, is_custom
 from ..runtime import is_out_of_memory
+from ..weights import load_model
 from .config import TrainConfig, check_init_file, validate
 from .distributed import env_rank
 from .run_folder import TrainResult, follow_link
@@ -39,30 +44,43 @@ class Watch:
 
 
 def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, watch: Watch | None = None,
-        clock: Clock = time.monotonic) -> TrainResult:
+        clock: Clock = time.monotonic, model: nn.Module | None = None) -> TrainResult:
     """Train as ``config`` says (unset fields decided by ``recipe.resolve``); write the run folder; return the results.
 
     ``started`` (a reading of ``clock``) is when the run's time budget began: the ``resnetlab``
-    command passes its process's start; the default is this call. Raises
+    command passes its process's start; the default is this call. ``model``: your own network
+    (any ``nn.Module`` that maps the images to one score per class) instead of ``config.model``;
+    a copy of it is trained, recorded as ``custom:<class>``, and when the run ends ``model``
+    holds the best weights (those the test accuracy is of), in eval mode. Raises
     :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
     :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
     """
     started = clock() if started is None else started
+    if model is not None:
+        if config.model is not None:
+            raise ResnetlabError(f"model {config.model!r} and a module were both given; give one")
+        config = config.replace(model=custom_model_name(model))
+    check_module(config.model, model)
     check_init_file(validate(config))
-    return _train(config, lambda: set_up(config, log, out=config.out), started=started, clock=clock, watch=watch)
+    result = _train(config, lambda: set_up(config, log, out=config.out, module=model), started=started, clock=clock,
+                    watch=watch)
+    return _give_back(result, model)
 
 
 def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *, started: float | None = None,
-           clock: Clock = time.monotonic, **overrides: Any) -> TrainResult:
+           clock: Clock = time.monotonic, watch: Watch | None = None, model: nn.Module | None = None,
+           **overrides: Any) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``train_state.pt``, with the run's own config.
 
     Only the fields in ``config.RESUME_OVERRIDES`` may be changed. A run killed before its first
     save starts again from the beginning in the same folder (same seed, same result). A time
     budget goes on from what the earlier processes used (``started`` and ``clock`` as for :func:`fit`).
+    A run of your own network needs that network again (``model``, built as before).
     """
     started = clock() if started is None else started
     run_dir = follow_link(Path(run_dir))
     given, recorded, state = open_to_resume(run_dir, overrides)
+    check_module(given.model, model, run_dir)
     if state is None:
         check_init_file(given)  # a run that never saved starts over, from its --init file again
     if env_rank() == 0:  # under torchrun only rank 0 writes
@@ -70,8 +88,37 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *,
             kept = {k: v for k, v in recorded.to_dict().items() if k != "out"}  # config.json's fields, changed
             write_text(run_dir / "config.json", json.dumps(kept, indent=2) + "\n")
         remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
-    return _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state), started=started, clock=clock,
-                  watch=None)
+    result = _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state, module=model), started=started,
+                    clock=clock, watch=watch)
+    return _give_back(result, model)
+
+
+def check_module(name: str | None, module: nn.Module | None, run_dir: Path | None = None) -> None:
+    """A run records a custom module as ``custom:<class>``: it needs a module of that class, and only such a run takes one.
+
+    ``run_dir``: the run being resumed (None: a new run).
+    """
+    where = f"--resume {run_dir}" if run_dir is not None else "fit(config)"
+    if module is None and is_custom(name):
+        kind = name.removeprefix(CUSTOM_PREFIX)
+        if run_dir is None:
+            raise ResnetlabError(f"model {name!r} names a module built in Python; pass the module: resnetlab.train(model=net)")
+        raise ResnetlabError(f"{where}: this run trains a custom {kind} built in Python, which the command line cannot "
+                             f"rebuild; continue it from Python with that network: resnetlab.resume({str(run_dir)!r}, model=net)")
+    if module is not None and name != custom_model_name(module):
+        if is_custom(name):
+            raise ResnetlabError(f"{where}: this run trains a {name.removeprefix(CUSTOM_PREFIX)}, not a "
+                                 f"{type(module).__qualname__}; give the network it was started with")
+        raise ResnetlabError(f"{where}: this run trains the registered model {name}; resume it without model=")
+
+
+def _give_back(result: TrainResult, module: nn.Module | None) -> TrainResult:
+    """The caller's own module takes the run's best weights (float, on its own device, eval mode), as ``best.safetensors`` holds them."""
+    if module is not None:
+        best = result.run_dir / "best.safetensors"
+        if best.exists():
+            load_model(best, module)  # loads in place, in eval mode
+    return result
 
 
 def _train(given: TrainConfig, make: Callable[[], Run], *, watch: Watch | None, **loop: Any) -> TrainResult:

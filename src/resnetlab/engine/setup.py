@@ -81,8 +81,11 @@ class Run:
 
 
 def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Path | None = None,
-           state: dict | None = None) -> Run:
-    """Set a run up from ``given`` (a new run into ``out``, or the run in ``run_dir`` resumed from ``state``)."""
+           state: dict | None = None, module: nn.Module | None = None) -> Run:
+    """Set a run up from ``given`` (a new run into ``out``, or the run in ``run_dir`` resumed from ``state``).
+
+    ``module``: the caller's own network, trained (as a copy) instead of a registry model.
+    """
     first = before_data(given)
     dist = Dist.join(first.device.type, first.dist_timeout)
     device = torch.device("cuda", dist.local_rank) if first.device.type == "cuda" and dist.enabled else first.device
@@ -104,7 +107,7 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     precision = Precision(config.precision)
     mean, std = channel_stats(train.images) if config.normalize else (None, None)
     try:  # what goes onto the device: where memory runs out if it does
-        model = _model(config, train, device, precision, dist, log if state is None else None)
+        model = _model(config, train, device, precision, dist, log if state is None else None, module)
         loaders = _loaders(config, train, val, test, device, precision, dist, mean, std)
         check_given_plan(config, len(loaders.train))
         progress, best_weights = _progress(state, config, device, dist)
@@ -170,10 +173,10 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def _model(config: RunConfig, train: ImageSet, device: torch.device, precision: Precision, dist: Dist,
-           log: Log | None) -> nn.Module:
+           log: Log | None, module: nn.Module | None) -> nn.Module:
     """The model for the data's channels and classes, on the device, in the run's dtype and memory format."""
     seed_everything(config.seed)
-    model = build_model(config, train.images.shape[1], len(train.class_names), log=log)
+    model = build_model(config, train.images.shape[1], len(train.class_names), log=log, module=module)
     model = model.to(device, precision.dtype)
     if config.small_maps:
         use_small_map_products(model)

@@ -38,6 +38,20 @@ class UnknownModelError(ResnetlabError, ValueError):
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
+# A run of a module built in Python (``resnetlab.train(model=net)``) names it "custom:<class>" in its
+# config and weight files: not a registry name, so nothing but the caller's module can rebuild it.
+CUSTOM_PREFIX = "custom:"
+
+
+def custom_model_name(module: nn.Module) -> str:
+    """The name a run of ``module`` (not from the registry) records: ``custom:`` and its class (``custom:Sequential``)."""
+    return CUSTOM_PREFIX + type(module).__qualname__
+
+
+def is_custom(name: str | None) -> bool:
+    """Whether ``name`` is a custom module's recorded name rather than a registry name."""
+    return name is not None and name.startswith(CUSTOM_PREFIX)
+
 
 def register_model(name: str, *, image_size: int, first_conv: str | None = None, classifier: str | None = None,
                    stems: bool = False) -> Callable[[Builder], Builder]:
@@ -65,6 +79,12 @@ def list_models() -> list[str]:
 
 def model_spec(name: str) -> ModelSpec:
     """Return the registry entry for ``name``; raise :class:`UnknownModelError` naming the valid ones."""
+    if is_custom(name):
+        raise UnknownModelError(
+            f"model {name!r} is a module built in Python, not a registered name: only that module can be trained, "
+            "resumed or loaded again, from Python (resnetlab.train(model=net), resnetlab.resume(run, model=net), "
+            "resnetlab.load(path, model=net))"
+        )
     try:
         return _REGISTRY[name]
     except KeyError:
