@@ -81,4 +81,15 @@ def _watch(title: str):
     """In Jupyter a progress bar and the live figure; elsewhere nothing but the run's lines."""
     from .engine import Watch
 
-    return Watch(progress=True, on_epoch=LiveCurves(title)) if in_notebook() else None
+    if not in_notebook():
+        return None
+    # tqdm's notebook bar is an ipywidgets widget; without ipywidgets it would fall back to text redrawn with
+    # carriage returns in the cell's output, so then the live figure alone shows the progress.
+    return Watch(progress=has_widgets(), on_epoch=LiveCurves(title))
+
+
+def has_widgets() -> bool:
+    """Whether ipywidgets (tqdm's notebook progress bar) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("ipywidgets") is not None
