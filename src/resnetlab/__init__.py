@@ -15,14 +15,21 @@ from .errors import ResnetlabError
 from .models import (
     BasicBlock,
     Bottleneck,
+    D2LPreActResNet,
     D2LResNet,
+    PreActBasicBlock,
+    PreActResidual,
     Residual,
+    ResNeXtBlock,
     ResNet,
     UnknownModelError,
     create_model,
+    d2l_preact_resnet18,
     d2l_resnet18,
     list_models,
     model_spec,
+    preact_resnet18,
+    preact_resnet34,
     register_model,
     resnet18,
     resnet34,
@@ -39,8 +46,9 @@ from .training import resume, train
 from .version import __version__
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "Classifier", "D2LResNet", "ModelSummary", "Prediction", "Residual", "ResNet", "ResnetlabError",
-    "UnknownModelError", "__version__", "create_model", "d2l_resnet18", "list_models", "load", "model_spec",
-    "register_model", "resnet18", "resume", "resnet34", "resnet50", "resnet101", "resnet152", "resnet_block",
-    "resnext50_32x4d", "summary", "train", "wide_resnet50_2",
+    "BasicBlock", "Bottleneck", "Classifier", "D2LPreActResNet", "D2LResNet", "ModelSummary", "PreActBasicBlock",
+    "PreActResidual", "Prediction", "Residual", "ResNeXtBlock", "ResNet", "ResnetlabError", "UnknownModelError",
+    "__version__", "create_model", "d2l_preact_resnet18", "d2l_resnet18", "list_models", "load", "model_spec",
+    "preact_resnet18", "preact_resnet34", "register_model", "resnet18", "resnet34", "resnet50", "resnet101",
+    "resnet152", "resnet_block", "resume", "resnext50_32x4d", "summary", "train", "wide_resnet50_2",
 ]

@@ -1,4 +1,4 @@
-"""ResNet networks: the seed's d2l ResNet-18 and the torchvision-compatible ResNet family.
+"""ResNet networks: the seed's d2l ResNet-18 and the torchvision-compatible ResNet family (pre-activation ones too).
 
 Every model here has the same surface (after timm): ``in_channels``, ``num_classes``,
 ``num_features``, ``forward_features(x)`` (the last feature map), ``forward_head(x)`` (pool and
@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .blocks import BasicBlock, Bottleneck, NormLayer, conv1x1, resnet_block
+from .blocks import BasicBlock, Bottleneck, NormLayer, PreActBasicBlock, conv1x1, resnet_block
 from .registry import register_model
 
 STEMS = ("imagenet", "small")
@@ -63,13 +63,18 @@ class D2LResNet(nn.Sequential):
 
 
 class ResNet(nn.Module):
-    """A torchvision-compatible ResNet / ResNeXt / wide ResNet.
+    """A torchvision-compatible ResNet / ResNeXt / wide ResNet, or a pre-activation ResNet.
 
     State-dict keys are torchvision's (``conv1``, ``bn1``, ``layer1.0.conv1``,
     ``layer2.0.downsample.0``, ``fc``), so its weight files load without renaming.
 
+    With a pre-activation block (``block.preact``, He et al. 2016) the stem stays as it is
+    (conv, BN, ReLU, max-pool, as in fb.resnet.torch's preresnet), each downsample is a bare
+    1x1 conv (``layer2.0.downsample.0``, no batch norm: it sees the block's pre-activated input),
+    and ``final_bn`` + ``final_relu`` follow ``layer4``, since the last block ends with a conv.
+
     Args:
-        block: ``BasicBlock`` or ``Bottleneck``.
+        block: ``BasicBlock``, ``Bottleneck`` or ``PreActBasicBlock``.
         layers: blocks per stage, e.g. ``[2, 2, 2, 2]`` for ResNet-18.
         in_channels: input channels (3 for RGB, 1 for grayscale).
         num_classes: outputs of the final linear layer.
@@ -84,7 +89,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[BasicBlock] | type[Bottleneck],
+        block: type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock],
         layers: Sequence[int],
         *,
         in_channels: int = 3,
@@ -119,8 +124,13 @@ class ResNet(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.num_features = 512 * block.expansion
+        self.preact = block.preact
+        if self.preact:
+            # The last pre-activation block ends with a conv: normalise and activate before pooling.
+            self.final_bn = self._norm_layer(self.num_features)
+            self.final_relu = nn.ReLU(inplace=True)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(self.num_features, num_classes)
 
         # torchvision's initialisation, so a freshly built model trains like theirs.
@@ -132,18 +142,19 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
+                if isinstance(m, (BasicBlock, Bottleneck, PreActBasicBlock)):
                     m.zero_init_last()
 
     def _make_layer(
-        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1
+        self, block: type[BasicBlock] | type[Bottleneck] | type[PreActBasicBlock], planes: int, blocks: int,
+        stride: int = 1,
     ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(
-                conv1x1(self.inplanes, planes * block.expansion, stride),
-                self._norm_layer(planes * block.expansion),
-            )
+            shortcut = [conv1x1(self.inplanes, planes * block.expansion, stride)]
+            if not block.preact:  # a pre-activation block feeds its downsample normalised input
+                shortcut.append(self._norm_layer(planes * block.expansion))
+            downsample = nn.Sequential(*shortcut)
         layers = [
             block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, self._norm_layer)
         ]
@@ -155,12 +166,13 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Return the output of ``layer4``, the last feature map."""
+        """Return the last feature map: the output of ``layer4`` (after ``final_bn`` and ``final_relu`` if pre-activation)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
         x = self.layer3(x)
-        return self.layer4(x)
+        x = self.layer4(x)
+        return self.final_relu(self.final_bn(x)) if self.preact else x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool and flatten a feature map; return the logits, or the pooled features if ``pre_logits``."""
@@ -172,8 +184,13 @@ class ResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        """The named stages: the stem (its last module: the max-pool, or an identity for the small stem) and layer1 to layer4."""
-        return [("stem", self.maxpool)] + [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, 5)]
+        """The named stages: the stem (its last module: the max-pool, or an identity for the small stem) and layer1 to layer4.
+
+        A pre-activation ResNet adds ``final`` (``final_relu``): layer4's output is not yet
+        normalised or activated, so Grad-CAM's default is the map that is pooled and classified.
+        """
+        stages = [("stem", self.maxpool)] + [(f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, 5)]
+        return (stages + [("final", self.final_relu)]) if self.preact else stages
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace ``fc`` with a freshly initialised linear layer for ``num_classes`` classes."""
