@@ -241,8 +241,8 @@ net = nn.Sequential(b1,b2,b3,b4,b5,nn.AdaptiveAvgPool2d((1,1)), nn.Flatten(), nn
 """),
     md("""
 **One step further.** `resnetlab.d2l_resnet18()` is this network: the notes' `net` loads into it
-with every key matching. At the book's 96 px it has 11.2 million parameters and needs about 0.6
-billion multiply-accumulates per image.
+with every key matching. At the book's 96 px it has 11.2 million parameters and needs about a
+third of a billion multiply-accumulates per image.
 """),
     code("""
 print(resnetlab.d2l_resnet18().load_state_dict(net.state_dict()))
