@@ -3,22 +3,27 @@
 Everything the model needs comes from the weight file's header (``weights.py``): the model,
 its class names and its :class:`~resnetlab.weights.Preprocess`, so images are prepared exactly
 as in training: converted to the model's channels, brought to the stored size with Pillow,
-scaled to [0, 1], resized (bilinear) to the input size, standardised. Nothing here imports the
-training engine.
+scaled to [0, 1], resized (bilinear) to the input size, standardised. A photo (a dark object on
+a light background, off centre) is not what a Fashion-MNIST model saw: ``invert=True`` and
+``center=True`` fix it (:mod:`resnetlab.photo`), and an image whose background is the other way
+round from the training images' is warned of (:class:`UnlikeTrainingWarning`). Nothing here
+imports the training engine.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
+from . import photo
 from .errors import ResnetlabError
 from .explain import grad_cam
-from .images import pil_to_tensor, read_image
+from .images import pil_to_tensor, read_image, resize_tensor
 from .weights import WeightsHeader, load_model
 
 ImageLike = Union[str, os.PathLike, torch.Tensor, Any]  # a path, a tensor or a PIL image
@@ -33,6 +38,35 @@ class Prediction:
     top: list[tuple[str, float]]
 
 
+class UnlikeTrainingWarning(UserWarning):
+    """Images unlike the training images (a light background where those had a dark one): the answers are doubtful."""
+
+
+def unlike_training_lines(reasons: Sequence[str | None], *, inverted: bool, invert_option: str = "invert=True",
+                          center_option: str = "center=True", names: Sequence[str] | None = None) -> list[str]:
+    """One line per way some images are unlike the training ones (``reasons``: :meth:`Classifier.unlike_training`'s).
+
+    "3 of 10 images have a light background, unlike the training images (dark); try invert=True
+    ...", the one image's name in place of the count where ``names`` are given, and the fix in
+    the caller's words (``invert_option``, ``center_option``: the CLI's flags, say).
+    """
+    if inverted:
+        hint = f"{invert_option} made them so; leave it out"
+    else:
+        hint = f"try {invert_option} (and {center_option} if the object is off centre or small)"
+    lines = []
+    for reason in dict.fromkeys(r for r in reasons if r is not None):
+        flagged = [i for i, r in enumerate(reasons) if r == reason]
+        if len(flagged) == 1 and names is not None:
+            who = f"{names[flagged[0]]} has"
+        elif len(reasons) == 1:
+            who = "the image has"
+        else:
+            who = f"{len(flagged)} of {len(reasons)} images have"
+        lines.append(f"{who} {reason}; {hint}")
+    return lines
+
+
 class Classifier:
     """A model in eval mode with its class names and input preparation; see :func:`load`."""
 
@@ -45,9 +79,27 @@ class Classifier:
         self.channels: int = self.preprocess.channels
         self.image_size: int = self.preprocess.size
 
-    def to_uint8(self, image: ImageLike) -> torch.Tensor:
-        """One image (path, PIL image, or tensor [C, H, W]) -> uint8 tensor [C, H, W] with the model's channels."""
+    def to_uint8(self, image: ImageLike, *, invert: bool = False, center: bool = False) -> torch.Tensor:
+        """One image (path, PIL image, or tensor [C, H, W]) -> uint8 tensor [C, H, W] with the model's channels.
+
+        ``invert``: ``255 - pixels`` before anything else is done to them (a photo's dark object on
+        a light background becomes a light one on a dark background, as Fashion-MNIST has them);
+        ``center``: then cropped to a square around its object (:func:`resnetlab.photo.center_on_object`)
+        and brought to the stored size.
+        """
         stored = self.preprocess.stored_size
+        # Centring looks at the image as given: a small object in a large photo shrunk first would be a few pixels.
+        x = self._read(image, None if center else stored)
+        if invert:
+            x = photo.invert(x)  # after the resize to the stored size, which is linear: the same up to rounding
+        if center:
+            x = photo.center_on_object(x)
+            if stored is not None:
+                x = resize_tensor(x, stored)
+        return x
+
+    def _read(self, image: ImageLike, stored: int | None) -> torch.Tensor:
+        """One image as uint8 [C, H, W] with the model's channels, a file or PIL image brought to ``stored`` (None: as is)."""
         if isinstance(image, (str, os.PathLike)):
             return read_image(image, self.channels, stored)
         if isinstance(image, torch.Tensor):
@@ -63,22 +115,59 @@ class Classifier:
             return pil_to_tensor(image, self.channels, stored)
         raise ResnetlabError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or a tensor")
 
-    def prepare(self, images: Sequence[ImageLike] | torch.Tensor) -> torch.Tensor:
-        """Images -> the model's float input [N, C, size, size] on its device."""
+    def unlike_training(self, image: torch.Tensor) -> str | None:
+        """Why a uint8 image as prepared (:meth:`to_uint8`'s) looks unlike the training images, in words, or None.
+
+        The background tells (:func:`resnetlab.photo.background_mismatch`): a light border where the
+        training images' was dark, or the reverse. The images' mean intensity is not judged: one
+        Fashion-MNIST image in a hundred is brighter than 0.57 and its brightest are 0.75, so no
+        distance from the mean (0.29) tells a photo from a pullover. A weight file written before
+        the header kept the training images' intensity says nothing (None).
+        """
+        trained = self.preprocess.border_mean
+        return None if trained is None else photo.background_mismatch(trained, photo.border_mean(image))
+
+    def _inputs(self, images: Sequence[ImageLike] | torch.Tensor, invert: bool,
+                center: bool) -> tuple[torch.Tensor, list[str | None]]:
+        """The model's input for the images, and each one's :meth:`unlike_training`."""
         if isinstance(images, torch.Tensor) and images.ndim == 4:
             images = list(images)
-        batch = [self.preprocess(self.to_uint8(image).unsqueeze(0).to(self.device)) for image in images]
-        if not batch:
-            return torch.empty(0, self.channels, self.image_size, self.image_size, device=self.device)
-        return torch.cat(batch)
+        pixels = [self.to_uint8(image, invert=invert, center=center) for image in images]
+        if not pixels:
+            return torch.empty(0, self.channels, self.image_size, self.image_size, device=self.device), []
+        batch = torch.cat([self.preprocess(x.unsqueeze(0).to(self.device)) for x in pixels])
+        return batch, [self.unlike_training(x) for x in pixels]
+
+    @staticmethod
+    def _warn(unlike: list[str | None], invert: bool) -> None:
+        """One :class:`UnlikeTrainingWarning` for a call whose images are unlike the training ones, pointing at the caller."""
+        lines = unlike_training_lines(unlike, inverted=invert)
+        if lines:
+            warnings.warn(" ".join(lines), UnlikeTrainingWarning, stacklevel=3)
+
+    def prepare(self, images: Sequence[ImageLike] | torch.Tensor, *, invert: bool = False,
+                center: bool = False) -> torch.Tensor:
+        """Images -> the model's float input [N, C, size, size] on its device (``invert``, ``center``: :meth:`to_uint8`)."""
+        return self._inputs(images, invert, center)[0]
 
     @torch.no_grad()
-    def probabilities(self, images: Sequence[ImageLike] | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Class probabilities [N, classes] (on the CPU) for the images, in eval mode."""
+    def _probabilities(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Class probabilities [N, classes] (on the CPU) of the model's input ``x``, in eval mode."""
         self.model.eval()
-        x = self.prepare(images)
         out = [self.model(x[i : i + batch_size]).float().softmax(1).cpu() for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.class_names))
+
+    def probabilities(self, images: Sequence[ImageLike] | torch.Tensor, batch_size: int = 64, *, invert: bool = False,
+                      center: bool = False, warn: bool = True) -> torch.Tensor:
+        """Class probabilities [N, classes] (on the CPU) for the images, in eval mode.
+
+        ``invert``, ``center``: see :meth:`to_uint8`. Images unlike the training ones (see
+        :meth:`unlike_training`) give one :class:`UnlikeTrainingWarning` for the call (``warn=False``: none).
+        """
+        x, unlike = self._inputs(images, invert, center)
+        if warn:
+            self._warn(unlike, invert)
+        return self._probabilities(x, batch_size)
 
     def class_index(self, target: str | int) -> int:
         """The index of a class given by name or index; a one-line error names the choices."""
@@ -103,9 +192,16 @@ class Classifier:
         heatmaps, _ = grad_cam(self.model, x, chosen, stage)
         return heatmaps
 
-    def predict(self, images: Sequence[ImageLike] | torch.Tensor, top_k: int = 5) -> list[Prediction]:
-        """The top-``top_k`` classes of each image, most likely first."""
-        probs = self.probabilities(images)
+    def predict(self, images: Sequence[ImageLike] | torch.Tensor, top_k: int = 5, *, invert: bool = False,
+                center: bool = False, warn: bool = True) -> list[Prediction]:
+        """The top-``top_k`` classes of each image, most likely first.
+
+        ``invert``, ``center`` (for photos): see :meth:`to_uint8`; ``warn``: see :meth:`probabilities`.
+        """
+        x, unlike = self._inputs(images, invert, center)
+        if warn:
+            self._warn(unlike, invert)
+        probs = self._probabilities(x, 64)
         k = max(1, min(top_k, len(self.class_names)))
         values, indices = probs.topk(k, dim=1)
         result = []

@@ -134,6 +134,15 @@ def pil_to_tensor(image, channels: int, size: int | None = None) -> torch.Tensor
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def resize_tensor(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A uint8 tensor [C, H, W] (C 1 or 3) resized to ``size`` squared with Pillow's bilinear filter, as files are read."""
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[:, :, 0] if image.shape[0] == 1 else array, "L" if image.shape[0] == 1 else "RGB")
+    return pil_to_tensor(pil, image.shape[0], size)
+
+
 def read_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> torch.Tensor:
     """Read an image file as a uint8 tensor [C, H, W] (see :func:`pil_to_tensor`), or raise :class:`ImageError` naming it."""
     with open_image(path) as image:

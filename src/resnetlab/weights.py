@@ -46,7 +46,10 @@ class Preprocess:
     ``channels`` (1 gray, 3 RGB); ``stored_size``: the side images were brought to with Pillow
     (bilinear) when the data were read (class folders; None: they went straight to the model);
     ``size``: the model's input side (a bilinear resize of the uint8 batch); ``mean``/``std``:
-    the per-channel standardisation of pixels in [0, 1] (None: only scaled).
+    the per-channel standardisation of pixels in [0, 1] (None: only scaled). ``pixel_mean`` and
+    ``border_mean``: the training images' mean intensity in [0, 1], overall and on their border
+    (see :mod:`resnetlab.photo`), against which prediction tells a photo the wrong way round
+    (None: a file written before they were kept; nothing is checked).
     """
 
     channels: int
@@ -54,6 +57,8 @@ class Preprocess:
     stored_size: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    pixel_mean: float | None = None
+    border_mean: float | None = None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images [N, C, H, W] (at ``stored_size``) -> the model's float input [N, C, size, size]."""
@@ -107,6 +112,7 @@ class WeightsHeader:
             "num_classes": self.num_classes, "class_names": self.class_names, "input_size": [p.channels, p.size, p.size],
             "stored_size": p.stored_size,
             "normalization": {"mean": list(p.mean), "std": list(p.std)} if p.mean is not None else None,
+            "intensity": {"mean": p.pixel_mean, "border": p.border_mean} if p.border_mean is not None else None,
             "precision": self.precision, "preset": self.preset, "epoch": self.epoch, "metrics": self.metrics,
             "config": self.config, "data": self.data, "versions": self.versions,
         }
@@ -132,9 +138,12 @@ class WeightsHeader:
         channels, size, _ = value("input_size")
         norm = value("normalization", None)
         stored = value("stored_size", None)
+        intensity = value("intensity", None)  # older files lack it
         preprocess = Preprocess(
             channels=int(channels), size=int(size), stored_size=int(stored) if stored else None,
             mean=tuple(norm["mean"]) if norm else None, std=tuple(norm["std"]) if norm else None,
+            pixel_mean=float(intensity["mean"]) if intensity else None,
+            border_mean=float(intensity["border"]) if intensity else None,
         )
         config = value("config", {}) or {}
         epoch = value("epoch", None)

@@ -21,6 +21,7 @@ from ..data.loader import mix_seed
 from ..errors import ResnetlabError, first_line
 from ..log import Log, silent, warn_stderr
 from ..models.small_maps import use_small_map_products
+from ..photo import intensity_stats
 from ..runtime import Precision, configure_backends, is_out_of_memory, seed_everything
 from ..weights import Preprocess
 from .config import RunConfig, TrainConfig
@@ -124,12 +125,16 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     else:
         folder = RunFolder.create(out, config.model, dist, warn=warn_stderr)
         folder.write_text("config.json", config.to_json())
+    # The training images' intensity, overall and on the border (a strided sample of at most 10,000 images): a
+    # photo whose background is the other way round is warned of at prediction (photo.py).
+    pixel_mean, border_mean = intensity_stats(train.images)
     preprocess = Preprocess(
         channels=int(train.images.shape[1]), size=config.image_size,
         # The side the images had before the loader's resize: new images are first brought to it the way the
         # data were (Pillow, bilinear), so prediction sees what training saw.
         stored_size=int(train.images.shape[-1]),
         mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
+        pixel_mean=pixel_mean, border_mean=border_mean,
     )
     return Run(config=config, device=device, dist=dist, precision=precision, log=log, folder=folder, loaders=loaders,
                training=training, progress=progress, best_weights=best_weights, fingerprint=fingerprint,

@@ -1,0 +1,127 @@
+"""Photos are not data-set images: small pure functions on uint8 [C, H, W] tensors that tell and fix it.
+
+Fashion-MNIST's images are light objects centred on a black background; a phone photo is the
+opposite, a dark object on a light, textured background and off centre, and a model answers it
+with confident nonsense. The background tells which way round an image is: its border (the
+outermost :data:`FRAME` pixels), mostly background, is dark in the training images and light in
+a photo. So training keeps the training images' mean intensity and border mean in the weights'
+header (:func:`intensity_stats`), prediction compares an image's border with it
+(:func:`background_mismatch`), and two fixes are offered: :func:`invert` and
+:func:`center_on_object`. Nothing here imports the training engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# The border: the outermost 2 pixels all round, which in a data-set image (an object centred
+# and scaled to fill it) are nearly all background.
+FRAME = 2
+# An image's background is dark below DARK and light above 1 - DARK in [0, 1]; an image is
+# flagged only when its border is on the other side of the middle (0.5) from the training
+# images' border, so a gray-ish one is not (Fashion-MNIST's training border: 0.089, and only 2
+# of its 10,000 test images have a border above 0.5).
+DARK = 0.25
+# Images whose statistics are kept: a strided sample of at most this many, which already gives
+# the mean of all 60,000 Fashion-MNIST images to 0.002, in a fraction of a second.
+SAMPLE = 10_000
+# center_on_object looks for the object on a copy shrunk to about this side (box averages), so
+# that the texture of a photo's background (grain, noise, JPEG blocks) averages out, at any size.
+SEARCH_SIDE = 64
+# A pixel of the shrunk copy belongs to the object when it differs from the background (the
+# border's median) by more than this (of 255), and by more than twice the most any border pixel
+# of that copy does (a textured background's own spread is not an object).
+CONTRAST = 32
+# The margin left round the object, each side, as a fraction of its longer side. None by default:
+# Fashion-MNIST's objects are scaled to fill their 28 pixels (98% of them span all 28), and on
+# photos made from its test images a 5% margin lowered the median correlation with the original
+# from 0.88 to 0.79; the box found is already a little generous, being in blocks of the shrunk copy.
+MARGIN = 0.0
+
+
+def invert(image: torch.Tensor) -> torch.Tensor:
+    """``255 - pixels``: a dark object on a light background (a photo) becomes a light one on a dark background."""
+    return 255 - image
+
+
+def _frame_mask(height: int, width: int) -> torch.Tensor:
+    """[H, W] booleans, true on the outermost :data:`FRAME` pixels (the whole image if it is that small)."""
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[:FRAME], mask[-FRAME:], mask[:, :FRAME], mask[:, -FRAME:] = True, True, True, True
+    return mask
+
+
+def border_mean(image: torch.Tensor) -> float:
+    """The mean intensity, in [0, 1], of an image's border: low for a dark background, high for a light one."""
+    return float(image[:, _frame_mask(*image.shape[-2:])].double().mean()) / 255
+
+
+def intensity_stats(images: torch.Tensor, sample: int = SAMPLE) -> tuple[float, float]:
+    """(mean pixel, mean border) in [0, 1] of uint8 images [N, C, H, W], over every ``ceil(N / sample)``-th image.
+
+    A strided sample, not a random one: the same images each time, and the data's order (by
+    class in a folder) is spread over evenly. Summed in chunks, so large images never become one
+    float copy of the sample.
+    """
+    chosen = images[:: max(1, math.ceil(len(images) / sample))]
+    if len(chosen) == 0:
+        return 0.0, 0.0
+    mask = _frame_mask(*chosen.shape[-2:])
+    total = border = 0.0
+    for start in range(0, len(chosen), 256):
+        chunk = chosen[start : start + 256]
+        total += float(chunk.sum(dtype=torch.float64))
+        border += float(chunk[:, :, mask].sum(dtype=torch.float64))
+    images_and_channels = len(chosen) * chosen.shape[1]
+    return total / (images_and_channels * mask.numel()) / 255, border / (images_and_channels * int(mask.sum())) / 255
+
+
+def background_mismatch(trained: float, seen: float) -> str | None:
+    """What is wrong, in words, when a border mean ``seen`` is the other way round from the training images' ``trained``.
+
+    Dark training borders (below :data:`DARK`) and a light image border (above 0.5), or light
+    ones (above ``1 - DARK``) and a dark image border (below 0.5); None otherwise, and when the
+    training border was neither clearly dark nor clearly light.
+    """
+    if trained < DARK and seen > 0.5:
+        return "a light background, unlike the training images (dark)"
+    if trained > 1 - DARK and seen < 0.5:
+        return "a dark background, unlike the training images (light)"
+    return None
+
+
+def center_on_object(image: torch.Tensor, contrast: float = CONTRAST, margin: float = MARGIN) -> torch.Tensor:
+    """The image cropped to its object and padded to a square with the background, the object in the middle.
+
+    The background is the per-channel median of the border; the object, every pixel that differs
+    from it in some channel by more than ``contrast`` and than twice the border's own spread (see
+    :data:`CONTRAST`), looked for on a copy shrunk to about :data:`SEARCH_SIDE` pixels so that
+    texture averages out (float32: a 12-megapixel photo costs 144 MB once). Their bounding box, with
+    ``margin`` (a fraction of its longer side) all round, is padded to a square with the
+    background value: an object off centre in a large photo comes out as a data-set image has it.
+    Inverting before or after gives the same, since only the distance from the background counts.
+    An image with nothing that stands out (uniform, or all texture) is returned unchanged.
+    """
+    channels, height, width = image.shape
+    factor = max(1, round(max(height, width) / SEARCH_SIDE))
+    small = F.adaptive_avg_pool2d(image.float()[None], (max(1, height // factor), max(1, width // factor)))[0]
+    frame = _frame_mask(*small.shape[-2:])
+    background = small[:, frame].median(dim=1).values  # per channel
+    distance = (small - background[:, None, None]).abs().amax(0)
+    found = distance > max(float(contrast), 2 * float(distance[frame].max()))
+    rows, cols = found.any(1).nonzero(), found.any(0).nonzero()
+    if len(rows) == 0:
+        return image
+    # The box in the image's own pixels: each pixel of the shrunk copy stands for a block of them.
+    sy, sx = height / small.shape[1], width / small.shape[2]
+    top, bottom = math.floor(int(rows[0]) * sy), min(height, math.ceil((int(rows[-1]) + 1) * sy))
+    left, right = math.floor(int(cols[0]) * sx), min(width, math.ceil((int(cols[-1]) + 1) * sx))
+    side = math.ceil(max(bottom - top, right - left) * (1 + 2 * margin))
+    fill = background.round().clamp(0, 255).to(torch.uint8)
+    out = fill.view(channels, 1, 1).expand(channels, side, side).clone()
+    y, x = (side - (bottom - top)) // 2, (side - (right - left)) // 2
+    out[:, y : y + bottom - top, x : x + right - left] = image[:, top:bottom, left:right]
+    return out
