@@ -96,6 +96,16 @@ def test_a_custom_run_stopped_mid_epoch_resumes_with_the_module_bit_for_bit(tiny
     assert stop["at"] is None
     with pytest.raises(ResnetlabError, match=r"this run trains a SmallNet, not a Sequential"):
         resume(tmp_path / "stopped", log=quiet, model=nn.Sequential(nn.Flatten(), nn.LazyLinear(10)))
+
+    class SmallNet2(SmallNet):  # noqa: N801 - the same class name, another network
+        pass
+
+    SmallNet2.__qualname__ = "SmallNet"  # recorded and named as the run's network is
+    wider = SmallNet2()
+    wider.features[0] = nn.LazyConv2d(16, 3, padding=1)
+    with pytest.raises(ResnetlabError, match=r"the saved weights do not fit the SmallNet given .*; give the network the "
+                                             r"run was started with"):
+        resume(tmp_path / "stopped", log=quiet, model=wider)
     again = SmallNet()
     resnetlab.resume(tmp_path / "stopped", model=again)  # the library's own entry point
     a, b = load_file(str(tmp_path / "whole" / "last.safetensors")), load_file(str(tmp_path / "stopped" / "last.safetensors"))
@@ -110,6 +120,12 @@ def test_what_needs_the_module_says_so_in_one_line(tiny_data, tmp_path, capsys):
         one_line_error(capsys, command, "holds the weights of a custom SmallNet", "resnetlab.load(", "model=net)")
     with pytest.raises(ResnetlabError, match="holds the weights of a custom SmallNet"):
         resnetlab.load(weights)
+    # From Python, with the module, the file exports (and is checked against PyTorch there).
+    from resnetlab.cli.export import export_checkpoint
+
+    exported = export_checkpoint(weights, "torchscript", out=tmp_path / "net.pt", data=str(tiny_data), log=quiet,
+                                 model=SmallNet())
+    assert exported.is_file()
     one_line_error(capsys, ["train", "--config", str(result.run_dir / "config.json")],
                    "'custom:SmallNet' is a module built in Python")
     (result.run_dir / "results.json").unlink()  # as if it had stopped
@@ -131,3 +147,40 @@ def test_a_module_that_does_not_fit_the_data_is_refused_before_training(module, 
         resnetlab.train(model=module(), **fields(tiny_data, tmp_path / "run"))
     assert all(needle in str(error.value) for needle in needles), str(error.value)
     assert "\n" not in str(error.value) and not (tmp_path / "run").exists()
+
+
+def test_a_module_trains_exactly_as_the_registered_model_it_equals(tiny_data, tmp_path):
+    """The custom path is the registry path: the same network with the same initial weights ends bit for bit the same."""
+    from resnetlab.runtime import seed_everything
+
+    run = dict(fields(tiny_data, tmp_path, deterministic=True), preset="cpu", epochs=1)
+    registered = resnetlab.train(**{**run, "model": "d2l_resnet18", "out": str(tmp_path / "registered")})
+    seed_everything(0)  # as the run seeds itself before it builds a registered model
+    net = resnetlab.d2l_resnet18()
+    custom = resnetlab.train(**{**run, "model": net, "out": str(tmp_path / "custom")})
+    a = load_file(str(registered.run_dir / "last.safetensors"))
+    b = load_file(str(custom.run_dir / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    untimed = lambda history: [{k: v for k, v in row.items() if k not in ("examples_per_sec", "seconds")}  # noqa: E731
+                               for row in history]
+    assert untimed(registered.history) == untimed(custom.history)
+
+
+def test_the_callers_module_keeps_its_dtype_and_its_submodules_modes(tiny_data, tmp_path):
+    net = SmallNet().double()
+    net(torch.zeros(1, 1, 28, 28, dtype=torch.float64))  # shapes for the lazy layers
+    net.features[1].eval()  # the caller froze this batch norm's statistics
+    result = resnetlab.train(model=net, **fields(tiny_data, tmp_path / "run"))
+    assert all(p.dtype == torch.float64 for p in net.parameters())  # the run trained a float32 copy
+    best = load_file(str(result.run_dir / "best.safetensors"))
+    assert all(torch.equal(best[k].double(), v) for k, v in net.state_dict().items() if v.is_floating_point())
+
+
+def test_a_module_that_answers_otherwise_when_training_is_refused(tiny_data, tmp_path):
+    class WithAuxiliary(SmallNet):
+        def forward(self, x):
+            out = super().forward(x)
+            return (out, out) if self.training else out  # as Inception's auxiliary head does
+
+    with pytest.raises(ResnetlabError, match=r"gives a tuple in training mode for a batch of shape \[2, 1, 28, 28\]"):
+        resnetlab.train(model=WithAuxiliary(), **fields(tiny_data, tmp_path / "run"))

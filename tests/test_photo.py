@@ -150,7 +150,7 @@ def test_the_photo_is_warned_of_and_invert_center_fix_it(ckpt, pictures):
     assert str(caught[0].message) == (f"2 of 3 images have {LIGHT}; try invert=True (and center=True if the object is "
                                       "off centre or small)")
     assert caught[0].filename == __file__  # it points at the caller
-    with pytest.warns(UnlikeTrainingWarning, match="the image has a light background.*invert=True made them so"):
+    with pytest.warns(UnlikeTrainingWarning, match="the image has a light background.*invert=True made it so"):
         clf.probabilities([original], invert=True)
     assert len(clf.predict([photo], warn=False)) == 1
 
@@ -188,7 +188,7 @@ def test_predict_command_warns_and_takes_invert_and_center(ckpt, pictures, tmp_p
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out.splitlines()[1].startswith(f"{photo},1,")
     assert main(["predict", str(ckpt), str(original), "--invert"]) == 0
-    assert capsys.readouterr().err.strip() == (f"resnetlab predict: warning: {original} has {LIGHT}; --invert made them so; "
+    assert capsys.readouterr().err.strip() == (f"resnetlab predict: warning: {original} has {LIGHT}; --invert made it so; "
                                                "leave it out")
 
 

@@ -51,7 +51,7 @@ def unlike_training_lines(reasons: Sequence[str | None], *, inverted: bool, inve
     the caller's words (``invert_option``, ``center_option``: the CLI's flags, say).
     """
     if inverted:
-        hint = f"{invert_option} made them so; leave it out"
+        hint = f"{invert_option} made {'it' if len(reasons) == 1 else 'them'} so; leave it out"
     else:
         hint = f"try {invert_option} (and {center_option} if the object is off centre or small)"
     lines = []
@@ -214,8 +214,9 @@ class Classifier:
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu", *, model: nn.Module | None = None) -> Classifier:
     """Load a resnetlab ``.safetensors`` weight file as a :class:`Classifier` (model in eval mode).
 
-    ``model``: a module you built, given the file's weights in place; needed for a file of your
-    own network (``resnetlab.train(model=net)``), whose class only your code defines.
+    ``model``: a module you built, given the file's weights in place (and moved to ``device``);
+    needed for a file of your own network (``resnetlab.train(model=net)``), whose class only
+    your code defines.
     """
     model, header = load_model(path, model)
     return Classifier(model, header, device)

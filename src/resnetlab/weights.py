@@ -188,8 +188,9 @@ def load_weights(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor],
 def load_model(path: str | os.PathLike[str], model: nn.Module | None = None) -> tuple[nn.Module, WeightsHeader]:
     """Rebuild the model a weight file describes and load its weights (float32, CPU, eval mode).
 
-    ``model``: a module the caller built, loaded in place instead (the one way to read back a
-    custom module's weights, whose header names only its class; a registry model works too).
+    ``model``: a module the caller built, loaded in place instead and put in eval mode, on its
+    own device and in its own dtype (the one way to read back a custom module's weights, whose
+    header names only its class; a registry model works too).
     """
     state, header = load_weights(path)
     if model is None and is_custom(header.model):
@@ -198,11 +199,34 @@ def load_model(path: str | os.PathLike[str], model: nn.Module | None = None) -> 
             f"{path} holds the weights of a custom {kind} (trained with resnetlab.train(model=net)), which only Python "
             f"can rebuild: build the same {kind} and load it with resnetlab.load({str(path)!r}, model=net)"
         )
-    which = "the model given" if model is not None else "the model its header names"
+    given = model is not None
     try:
         if model is None:
             model = create_model(header.model, **header.model_args)
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError, KeyError) as exc:
+        which = "the model given" if given else "the model its header names"
         raise ResnetlabError(f"{path}: the weights do not fit {which} ({first_line(exc)})") from None
-    return model.float().eval(), header
+    if given:
+        _finish_lazy_layers(model, header.preprocess)
+    return (model if given else model.float()).eval(), header
+
+
+def _finish_lazy_layers(model: nn.Module, preprocess: Preprocess) -> None:
+    """Lazy layers given their weights become ordinary ones only on their first forward pass: run it, on a blank input.
+
+    Until then they are not what tracing (TorchScript, ONNX) or a copy expects.
+    """
+    from torch.nn.modules.lazy import LazyModuleMixin
+
+    if any(isinstance(m, LazyModuleMixin) for m in model.modules()):
+        first = next((p for p in model.parameters() if p.is_floating_point()), None)
+        blank = torch.zeros(1, preprocess.channels, preprocess.size, preprocess.size,
+                            device=first.device if first is not None else "cpu",
+                            dtype=first.dtype if first is not None else torch.float32)
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        with torch.no_grad():
+            model(blank)
+        for m, training in modes.items():
+            m.training = training

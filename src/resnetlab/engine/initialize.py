@@ -246,33 +246,51 @@ def copy_custom_module(module: nn.Module, in_channels: int, num_classes: int, im
 
     A copy, so that what the run does to its model (the device, the precision, channels-last,
     the small-map convolutions, DDP) never reaches the caller's object; the run gives the
-    caller's module its best weights when it ends. The check (two blank images, eval mode, no
-    gradients, on the module's own device) turns a module built for other images or classes
+    caller's module its best weights when it ends. The check (two blank images on the module's
+    own device and in its dtype, no gradients) turns a module built for other images or classes
     into one line before any training, and gives lazy layers (``nn.LazyConv2d``) their shapes,
     in the caller's module as the book's dummy forward pass does: a module with uninitialised
-    lazy layers can be neither copied nor optimised.
+    lazy layers can be neither copied nor optimised. It runs in eval mode on the caller's module
+    (every submodule's mode put back as it was), then in training mode on the copy (whose state
+    is put back), since some networks answer differently when training.
     """
     name = type(module).__name__
     shape = [2, in_channels, image_size, image_size]
-    first = next(iter(module.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    was_training = module.training
+    first = next((p for p in module.parameters() if p.is_floating_point()), None)
+    blank = torch.zeros(shape, device=first.device if first is not None else "cpu",
+                        dtype=first.dtype if first is not None else torch.float32)
+    modes = {m: m.training for m in module.modules()}
     module.eval()
     try:
+        _check_output(module, blank, num_classes, name)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ResnetlabError(f"model={name} has no trainable parameters; give it layers whose parameters require "
+                             "gradients (requires_grad=True)")
+    model = copy.deepcopy(module).cpu().float()
+    saved = copy.deepcopy(model.state_dict())  # a training-mode pass moves batch norm's running statistics
+    model.train()
+    _check_output(model, blank.cpu().float(), num_classes, name)
+    model.load_state_dict(saved)
+    return model
+
+
+def _check_output(model: nn.Module, blank: torch.Tensor, num_classes: int, name: str) -> None:
+    """Run ``model`` on ``blank`` without gradients: it must give one score per class, else one line says what is wrong."""
+    shape = list(blank.shape)
+    try:
         with torch.no_grad():
-            out = module(torch.zeros(shape, device=device))
+            out = model(blank)
     except Exception as exc:  # noqa: BLE001 - any failure of a caller's module on our input is a misfit
         raise ResnetlabError(
-            f"model={name} fails on this run's input, a batch of shape {shape} ({in_channels}-channel images at "
-            f"--image-size {image_size}): {first_line(exc)[:200]}; build it for that input, or set image_size (and the "
+            f"model={name} fails on this run's input, a batch of shape {shape} ({shape[1]}-channel images at "
+            f"--image-size {shape[-1]}): {first_line(exc)[:200]}; build it for that input, or set image_size (and the "
             "data's channels) to what it takes"
         ) from None
-    finally:
-        module.train(was_training)
-    if not isinstance(out, torch.Tensor) or list(out.shape) != [2, num_classes]:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ResnetlabError(f"model={name} gives {got} for a batch of shape {shape}, but the data have {num_classes} "
-                             f"classes: its output must be [batch, {num_classes}] (one score per class)")
-    if not any(p.requires_grad for p in module.parameters()):
-        raise ResnetlabError(f"model={name} has no trainable parameters")
-    return copy.deepcopy(module).cpu().float()
+    if not isinstance(out, torch.Tensor) or list(out.shape) != [shape[0], num_classes]:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        mode = "in training mode " if model.training else ""
+        raise ResnetlabError(f"model={name} gives {got} {mode}for a batch of shape {shape}, but the data have "
+                             f"{num_classes} classes: its output must be one tensor [batch, {num_classes}] (a score per class)")

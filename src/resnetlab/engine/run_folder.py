@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -52,7 +53,9 @@ class TrainResult:
 
 def default_run_dir(model_name: str) -> Path:
     """``runs/<date-time>-<model>`` under the working folder."""
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{model_name.replace(':', '-')}"  # custom:Net
+    # A custom module's name ("custom:f.<locals>.Net") keeps only characters every file system takes.
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-")
+    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{safe}"
 
 
 def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -> Path:

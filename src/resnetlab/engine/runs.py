@@ -98,7 +98,7 @@ def check_module(name: str | None, module: nn.Module | None, run_dir: Path | Non
 
     ``run_dir``: the run being resumed (None: a new run).
     """
-    where = f"--resume {run_dir}" if run_dir is not None else "fit(config)"
+    where = str(run_dir) if run_dir is not None else "fit(config)"
     if module is None and is_custom(name):
         kind = name.removeprefix(CUSTOM_PREFIX)
         if run_dir is None:

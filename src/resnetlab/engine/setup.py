@@ -114,7 +114,7 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
         progress, best_weights = _progress(state, config, device, dist)
         training = _training(config, model, len(loaders.train), progress, device, precision, dist)
         if state is not None:
-            restore_train_state(state, training)
+            _restore(state, training, module, run_dir)
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise
@@ -139,6 +139,19 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     return Run(config=config, device=device, dist=dist, precision=precision, log=log, folder=folder, loaders=loaders,
                training=training, progress=progress, best_weights=best_weights, fingerprint=fingerprint,
                preprocess=preprocess, class_names=list(train.class_names), resumed=state is not None)
+
+
+def _restore(state: dict, training: Training, module: nn.Module | None, run_dir: Path | None) -> None:
+    """Load a saved state into the run; a caller's module that is another network than the run's is one line."""
+    try:
+        restore_train_state(state, training)
+    except RuntimeError as exc:
+        if module is None or is_out_of_memory(exc):
+            raise
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__  # the first mismatch
+        raise ResnetlabError(f"{run_dir}: the saved weights do not fit the {type(module).__qualname__} given "
+                             f"({detail[:160]}); give the network the run was started with") from None
 
 
 def check_given_plan(config: RunConfig, steps_per_epoch: int) -> None:

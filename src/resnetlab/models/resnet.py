@@ -120,12 +120,12 @@ class ResNet(nn.Module):
         self.bn1 = self._norm_layer(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
+        self.preact = getattr(block, "preact", False)  # a block class of the user's own may not say
         self.layer1 = self._make_layer(block, 64, layers[0])
         self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
         self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
         self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
         self.num_features = 512 * block.expansion
-        self.preact = block.preact
         if self.preact:
             # The last pre-activation block ends with a conv: normalise and activate before pooling.
             self.final_bn = self._norm_layer(self.num_features)
@@ -152,7 +152,7 @@ class ResNet(nn.Module):
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             shortcut = [conv1x1(self.inplanes, planes * block.expansion, stride)]
-            if not block.preact:  # a pre-activation block feeds its downsample normalised input
+            if not self.preact:  # a pre-activation block feeds its downsample normalised input
                 shortcut.append(self._norm_layer(planes * block.expansion))
             downsample = nn.Sequential(*shortcut)
         layers = [
