@@ -130,7 +130,7 @@ def test_an_empty_val_or_test_folder_is_refused_in_training_and_eval(split, tmp_
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     root = write_shape_folder(tmp_path / "d", per_class=6)
     first = load_class_folder(root, seed=0)
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    assert len(_caches(tmp_path)) == 1
     decoded = []
     real = folder_module._decode
     monkeypatch.setattr(folder_module, "_decode", lambda *a: decoded.append(a) or real(*a))
@@ -138,13 +138,19 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     assert decoded == [] and torch.equal(first.train.images, second.train.images)  # from the cache
     explicit = load_class_folder(root, seed=0, image_size=32, channels=3)  # as eval asks, by number: the same file
     assert decoded == [] and torch.equal(first.train.images, explicit.train.images)
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+    assert len(_caches(tmp_path)) == 1
     path = root / "circle" / "circle000.png"
     draw_shape("square", 32, __import__("numpy").random.default_rng(5), rgb=False).save(path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     third = load_class_folder(root, seed=0)
     assert len(decoded) == 18  # rebuilt
+    assert len(_caches(tmp_path)) == 1  # the earlier listing's cache removed
     assert not torch.equal(first.train.images, third.train.images) or not torch.equal(first.val.images, third.val.images)
+
+
+def _caches(tmp_path):
+    """The finished cache folders (temporary ones and lock files start with a dot)."""
+    return [p for p in (tmp_path / "cache").iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def _tiny_fmnist_checkpoint(path):

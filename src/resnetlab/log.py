@@ -8,13 +8,13 @@ from typing import Callable
 Log = Callable[[str], None]
 
 
-def progress_bar(show: bool | None, total: int, initial: int, desc: str):
-    """A tqdm bar of ``total`` steps (a widget in a notebook) if ``show`` (None: on a terminal only), else None."""
+def progress_bar(show: bool | None, total: int, initial: int, desc: str, unit: str = "step"):
+    """A tqdm bar of ``total`` ``unit``s (a widget in a notebook) if ``show`` (None: on a terminal only), else None."""
     if not (sys.stderr.isatty() if show is None else show):
         return None
     from tqdm.auto import tqdm  # imported only for a bar: tqdm.auto looks for a notebook when it is imported
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=False)
 
 
 def silent(message: str) -> None:
