@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import resnetlab.data.folder as folder_module
+import resnetlab.data.folder_cache as cache_module
 from helpers import SHAPES, write_shape_folder
 from resnetlab.data.folder import load_class_folder, read_split, stratified_split
 from resnetlab.data.imageset import ImageSet
 from resnetlab.images import read_image
 
-REAL_DECODE = folder_module._decode  # what each counting wrapper wraps (not an earlier wrapper)
+REAL_DECODE = cache_module._decode  # what each counting wrapper wraps (not an earlier wrapper)
 
 
 @pytest.fixture(autouse=True)
@@ -61,7 +61,7 @@ def _counting_decode(monkeypatch, fail_after=None):
             raise KeyboardInterrupt
         return REAL_DECODE(*args)
 
-    monkeypatch.setattr(folder_module, "_decode", decode)
+    monkeypatch.setattr(cache_module, "_decode", decode)
     return calls
 
 
@@ -74,8 +74,8 @@ def test_images_equal_decoding_each_file_and_are_mapped_from_the_cache(tmp_path,
     expected = torch.stack([read_image(path, 3, 32) for path, _ in files])  # RGB, the median side 32
     assert torch.equal(data.images, expected) and data.labels.tolist() == [label for _, label in files]
     assert len(skipped) == 1 and "a-cut.png" in skipped[0]
-    monkeypatch.setattr(folder_module, "_decode", lambda *a: pytest.fail("decoded again"))
-    monkeypatch.setattr(folder_module, "_probe", lambda *a: pytest.fail("probed again"))
+    monkeypatch.setattr(cache_module, "_decode", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(cache_module, "_probe", lambda *a: pytest.fail("probed again"))
     again, skipped_again = read_split(root, list(SHAPES), image_size=None, channels=None)
     assert torch.equal(again.images, expected) and torch.equal(again.labels, data.labels) and skipped_again == skipped
     (cache,) = _finished(tmp_path / "cache")
@@ -91,7 +91,7 @@ def test_images_equal_decoding_each_file_and_are_mapped_from_the_cache(tmp_path,
 
 def test_an_interrupted_decode_resumes_where_it_stopped(tmp_path, monkeypatch):
     root = _folder(tmp_path)
-    monkeypatch.setattr(folder_module, "CHUNK", 4)
+    monkeypatch.setattr(cache_module, "CHUNK", 4)
     calls = _counting_decode(monkeypatch, fail_after=8)  # two chunks (a-cut.png among them), then Ctrl-C
     with pytest.raises(KeyboardInterrupt):
         read_split(root, list(SHAPES), image_size=None, channels=None)
@@ -114,7 +114,7 @@ def test_an_interrupted_decode_resumes_where_it_stopped(tmp_path, monkeypatch):
 
 def test_a_decode_of_other_files_is_not_resumed(tmp_path, monkeypatch):
     root = _folder(tmp_path)
-    monkeypatch.setattr(folder_module, "CHUNK", 4)
+    monkeypatch.setattr(cache_module, "CHUNK", 4)
     _counting_decode(monkeypatch, fail_after=4)
     with pytest.raises(KeyboardInterrupt):
         read_split(root, list(SHAPES), image_size=None, channels=None)
@@ -129,8 +129,8 @@ def test_progress_lines_in_logs_for_large_folders_only(tmp_path, monkeypatch, ca
     root = _folder(tmp_path)
     read_split(root, list(SHAPES), image_size=16, channels=1)
     assert capsys.readouterr().err == ""  # a small folder decodes silently
-    monkeypatch.setattr(folder_module, "PROGRESS_FROM", 10)
-    monkeypatch.setattr(folder_module, "CHUNK", 8)
+    monkeypatch.setattr(cache_module, "PROGRESS_FROM", 10)
+    monkeypatch.setattr(cache_module, "CHUNK", 8)
     read_split(root, list(SHAPES), image_size=None, channels=None)
     lines = capsys.readouterr().err.splitlines()  # stderr is not a terminal here: lines, no bar
     assert len(lines) == 5, lines  # the headers, after 8, 16 and 24 of 31 images (10 % apart), then the total
@@ -176,27 +176,27 @@ def test_the_listing_scan_keeps_rglobs_files_and_order(tmp_path):
         (root / name).write_text(name)
     (root / "link").symlink_to(root / "a")  # a link to a folder is not followed, as rglob does not
     expected = [str(p) for p in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))]
-    assert [path for path, _, _ in folder_module._files(root)] == expected
+    assert [path for path, _, _ in cache_module._files(root)] == expected
 
 
 KILLED_DECODE = """
 import os, signal, sys
 from pathlib import Path
-import resnetlab.data.folder as folder_module
-real, calls = folder_module._decode, []
+import resnetlab.data.folder_cache as cache_module
+real, calls = cache_module._decode, []
 def decode(*args):
     calls.append(args)
     if len(calls) > 8:
         os.kill(os.getpid(), signal.SIGKILL)  # no finally, no flush: as the OOM killer or kill -9 would
     return real(*args)
-folder_module.CHUNK, folder_module._decode = 4, decode
-folder_module.read_split(Path(sys.argv[1]), sys.argv[2:], image_size=None, channels=None)
+cache_module.CHUNK, cache_module._decode = 4, decode
+cache_module.read_split(Path(sys.argv[1]), sys.argv[2:], image_size=None, channels=None)
 """
 
 
 def test_a_killed_decode_resumes_where_it_stopped(tmp_path, monkeypatch):
     root = _folder(tmp_path)
-    src = str(Path(folder_module.__file__).parents[2])
+    src = str(Path(cache_module.__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
     done = subprocess.run([sys.executable, "-c", KILLED_DECODE, str(root), *SHAPES], env=env, timeout=120)
     assert done.returncode == -signal.SIGKILL

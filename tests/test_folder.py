@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import resnetlab
-import resnetlab.data.folder as folder_module
+import resnetlab.data.folder_cache as cache_module
 from helpers import SHAPES, draw_shape, one_line_error, write_shape_folder
 from resnetlab.cli import main
 from resnetlab.data.folder import is_class_folder, load_class_folder
@@ -132,8 +132,8 @@ def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     first = load_class_folder(root, seed=0)
     assert len(_caches(tmp_path)) == 1
     decoded = []
-    real = folder_module._decode
-    monkeypatch.setattr(folder_module, "_decode", lambda *a: decoded.append(a) or real(*a))
+    real = cache_module._decode
+    monkeypatch.setattr(cache_module, "_decode", lambda *a: decoded.append(a) or real(*a))
     second = load_class_folder(root, seed=0)
     assert decoded == [] and torch.equal(first.train.images, second.train.images)  # from the cache
     explicit = load_class_folder(root, seed=0, image_size=32, channels=3)  # as eval asks, by number: the same file
