@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 data:
 	@bash scripts/ensure-data.sh
 
-# Everything (about 8 minutes on 2 cores, set-up included); CI runs this.
+# Everything (about 10 minutes on 2 cores, set-up included; about 14 on one core); CI runs this.
 test: setup
 	@bash scripts/ensure-data.sh --optional
 	$(BIN)/python -m pytest -q
