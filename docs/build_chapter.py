@@ -509,6 +509,8 @@ show(pictures / "photo.png")
 def build() -> nbformat.NotebookNode:
     """The notebook, without outputs."""
     nb = new_notebook(cells=CELLS)
+    for number, cell in enumerate(nb.cells):
+        cell.id = f"cell-{number:02d}"  # fixed ids: the same cells give the same file
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     return nb
@@ -544,8 +546,10 @@ def main() -> int:
     if args.run:
         nb = build()
         when = datetime.date.today().isoformat()
-        nb.cells.insert(0, md(f"*Rendered copy: every cell run in full on {machine()}, torch {_torch()}, {when}, "
-                              f"with `python docs/build_chapter.py --run`. The times and accuracies are that machine's.*"))
+        first = md(f"*Rendered copy: every cell run in full on {machine()}, torch {_torch()}, {when}, "
+                   f"with `python docs/build_chapter.py --run`. The times and accuracies are that machine's.*")
+        first.id = "rendered"
+        nb.cells.insert(0, first)
         with tempfile.TemporaryDirectory() as folder:
             execute(nb, Path(folder))
         nbformat.write(nb, RENDERED)
