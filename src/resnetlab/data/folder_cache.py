@@ -53,24 +53,6 @@ PROGRESS_FROM = 2000  # smaller splits decode silently (tests, small runs), in a
 PROGRESS_EVERY_S = 10.0  # in logs, a line at most this often (or every 10 %)
 PARTIAL_SUFFIX = ".partial"
 
-MAX_AUTO_SIZE = 224
-
-
-# 3: a folder with a memory-mapped raw array (2, one safetensors file: ignored, rebuilt); 2: 16-bit gray scaled, not clipped
-CACHE_FORMAT = "resnetlab.folder-cache/3"
-
-
-CHUNK = 1024  # images decoded between two progress records: an interrupted decode redoes at most this many
-
-
-PROGRESS_FROM = 2000  # smaller splits decode silently (tests, small runs), in a second or two anyway
-
-
-PROGRESS_EVERY_S = 10.0  # in logs, a line at most this often (or every 10 %)
-
-
-PARTIAL_SUFFIX = ".partial"
-
 
 def cache_dir() -> Path:
     """Where decoded data sets are cached: ``$RESNETLAB_CACHE``, else ``$XDG_CACHE_HOME/resnetlab``, else ``~/.cache/resnetlab``."""

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import PreActBasicBlock, resnet_block
+from .blocks import PreActBasicBlock
 from .registry import register_model
-from .resnet import ResNet
+from .resnet import ResNet, d2l_stages
 
 
 class D2LPreActResNet(nn.Sequential):
@@ -33,18 +33,8 @@ class D2LPreActResNet(nn.Sequential):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
-        b1 = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        )
-        b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True, preact=True))
-        b3 = nn.Sequential(*resnet_block(64, 128, 2, preact=True))
-        b4 = nn.Sequential(*resnet_block(128, 256, 2, preact=True))
-        b5 = nn.Sequential(*resnet_block(256, 512, 2, preact=True))
         super().__init__(
-            b1, b2, b3, b4, b5, nn.BatchNorm2d(512), nn.ReLU(),
+            *d2l_stages(in_channels, preact=True), nn.BatchNorm2d(512), nn.ReLU(),
             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, num_classes),
         )
         self.in_channels = in_channels

@@ -18,6 +18,21 @@ from .registry import register_model
 STEMS = ("imagenet", "small")
 
 
+def d2l_stages(in_channels: int, preact: bool = False) -> list[nn.Sequential]:
+    """The seed's b1 (7x7 conv, BN, ReLU, 3x3 max-pool) and b2..b5 (two ``Residual`` blocks each; pre-activation ones if ``preact``)."""
+    b1 = nn.Sequential(
+        nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    )
+    b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True, preact=preact))
+    b3 = nn.Sequential(*resnet_block(64, 128, 2, preact=preact))
+    b4 = nn.Sequential(*resnet_block(128, 256, 2, preact=preact))
+    b5 = nn.Sequential(*resnet_block(256, 512, 2, preact=preact))
+    return [b1, b2, b3, b4, b5]
+
+
 class D2LResNet(nn.Sequential):
     """The seed's ResNet-18: ``nn.Sequential(b1, b2, b3, b4, b5, AdaptiveAvgPool2d, Flatten, Linear)``.
 
@@ -26,17 +41,7 @@ class D2LResNet(nn.Sequential):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
-        b1 = nn.Sequential(
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
-        )
-        b2 = nn.Sequential(*resnet_block(64, 64, 2, first_block=True))
-        b3 = nn.Sequential(*resnet_block(64, 128, 2))
-        b4 = nn.Sequential(*resnet_block(128, 256, 2))
-        b5 = nn.Sequential(*resnet_block(256, 512, 2))
-        super().__init__(b1, b2, b3, b4, b5, nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, num_classes))
+        super().__init__(*d2l_stages(in_channels), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(512, num_classes))
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.num_features = 512
