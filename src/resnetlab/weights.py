@@ -28,6 +28,7 @@ from .data.loader import to_model_input
 from .errors import ResnetlabError, first_line
 from .fileio import atomic_path
 from .models import create_model
+from .models.probe import blank_batch, evaluating
 from .models.registry import CUSTOM_PREFIX, is_custom
 from .version import __version__
 
@@ -220,13 +221,6 @@ def _finish_lazy_layers(model: nn.Module, preprocess: Preprocess) -> None:
     from torch.nn.modules.lazy import LazyModuleMixin
 
     if any(isinstance(m, LazyModuleMixin) for m in model.modules()):
-        first = next((p for p in model.parameters() if p.is_floating_point()), None)
-        blank = torch.zeros(1, preprocess.channels, preprocess.size, preprocess.size,
-                            device=first.device if first is not None else "cpu",
-                            dtype=first.dtype if first is not None else torch.float32)
-        modes = {m: m.training for m in model.modules()}
-        model.eval()
-        with torch.no_grad():
+        blank = blank_batch(model, (1, preprocess.channels, preprocess.size, preprocess.size))
+        with evaluating(model), torch.no_grad():
             model(blank)
-        for m, training in modes.items():
-            m.training = training

@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import ResnetlabError, first_line
 from ..log import Log
 from ..models import create_model, list_models, model_spec
+from ..models.probe import blank_batch, evaluating
 from .checkpoint import load_tensors_only
 from .config import INIT_SCHEMES, TrainConfig
 
@@ -256,16 +257,9 @@ def copy_custom_module(module: nn.Module, in_channels: int, num_classes: int, im
     """
     name = type(module).__name__
     shape = [2, in_channels, image_size, image_size]
-    first = next((p for p in module.parameters() if p.is_floating_point()), None)
-    blank = torch.zeros(shape, device=first.device if first is not None else "cpu",
-                        dtype=first.dtype if first is not None else torch.float32)
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
+    blank = blank_batch(module, shape)
+    with evaluating(module):
         _check_output(module, blank, num_classes, name)
-    finally:
-        for m, training in modes.items():
-            m.training = training
     if not any(p.requires_grad for p in module.parameters()):
         raise ResnetlabError(f"model={name} has no trainable parameters; give it layers whose parameters require "
                              "gradients (requires_grad=True)")
