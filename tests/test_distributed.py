@@ -132,7 +132,8 @@ def test_sigterm_to_torchrun_saves_and_all_ranks_resume_exactly(tiny_data, tmp_p
     # Rank 0 waits after its first save until the signal has reached it, so the run cannot end first.
     script, marker = tmp_path / "signal_child.py", tmp_path / "saved"
     script.write_text(SIGNAL_CHILD)
-    proc = torchrun(*args, "--save-every", "2", "--out", str(run), script=script,
+    # Streamed (each rank gathers only its share of each batch from the source), the whole run resident.
+    proc = torchrun(*args, "--feed", "stream", "--save-every", "2", "--out", str(run), script=script,
                     env=signal_child_env(1, marker=marker))
     wait_for(marker, proc)
     proc.send_signal(signal.SIGTERM)  # as a cluster scheduler would; torchrun passes it on to every rank
@@ -142,6 +143,6 @@ def test_sigterm_to_torchrun_saves_and_all_ranks_resume_exactly(tiny_data, tmp_p
     resumed = torchrun("--resume", str(run))
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert "resuming d2l_resnet18" in out and "x 2 processes" in out
+    assert "resuming d2l_resnet18" in out and "x 2 processes" in out and "images streamed batch by batch" in out
     a, b = load_file(str(tmp_path / "whole" / "last.safetensors")), load_file(str(run / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # same topology, same bits

@@ -44,9 +44,9 @@ def load_test_split(data: str | None, header: WeightsHeader) -> tuple[ImageSet, 
                           channels=channels, val_split=0, val_fraction=config.get("val_fraction") or 0.2,
                           seed=config.get("seed") or 0)
     (test, split), folder = splits.held_out, splits.source
-    if test.images.shape[1] != channels or list(test.class_names) != header.class_names:
+    if test.shape[1] != channels or list(test.class_names) != header.class_names:
         raise ResnetlabError(
-            f"--data {folder}: its images ({test.images.shape[1]} channel(s), {len(test.class_names)} classes) do not "
+            f"--data {folder}: its images ({test.shape[1]} channel(s), {len(test.class_names)} classes) do not "
             f"match the checkpoint ({channels} channel(s), {header.num_classes} classes); give the data it was trained on"
         )
     return test, folder, split
@@ -112,11 +112,13 @@ def scoring_precision(header: WeightsHeader, device: torch.device, precision: st
 
 
 def split_logits(model: nn.Module, header: WeightsHeader, test: ImageSet, *, device: torch.device, precision: Precision,
-                 tta: bool = False, batch_size: int | None = None) -> torch.Tensor:
+                 tta: bool = False, batch_size: int | None = None, stream: bool = False) -> torch.Tensor:
     """Float32 logits [N, classes] (on the CPU) of ``model`` for every image of ``test``, computed as the run computed them.
 
     Precision, batch size (None: the run's), memory format and the small-map products are the
-    run's own, so on the same machine the accuracy equals the one training reported.
+    run's own, so on the same machine the accuracy equals the one training reported. ``stream``:
+    gather each batch from the split's source (a memory map larger than memory, say) instead of
+    moving the split to ``device`` whole.
     """
     trained = header.config
     channels_last = bool(trained.get("channels_last", False))
@@ -127,7 +129,7 @@ def split_logits(model: nn.Module, header: WeightsHeader, test: ImageSet, *, dev
         model = model.to(memory_format=torch.channels_last)
     pre = header.preprocess
     loader = DeviceLoader(test, batch_size or int(trained.get("batch_size") or 256), device=device, image_size=pre.size,
-                          channels_last=channels_last, dtype=precision.dtype, mean=pre.mean, std=pre.std)
+                          channels_last=channels_last, dtype=precision.dtype, mean=pre.mean, std=pre.std, stream=stream)
     scores = []
     with torch.no_grad():
         for x, _ in loader.batches():

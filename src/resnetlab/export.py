@@ -58,7 +58,7 @@ def check_pixels(header: WeightsHeader, data: str | None, log: Log) -> torch.Ten
     stored = header.preprocess.stored_size or size
     try:
         test, folder, split = load_test_split(data, header)
-        images = test.images[: sum(CHECK_BATCHES)]
+        images = test.gather(torch.arange(min(len(test), sum(CHECK_BATCHES))))
         log(f"checking on {len(images)} {split} images from {folder}")
     except ResnetlabError as exc:
         log(f"no test images to check on ({exc}); checking on random images instead")

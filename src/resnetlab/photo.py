@@ -17,6 +17,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .data.imageset import ImageSet
+
 # The border: the outermost 2 pixels all round, which in a data-set image (an object centred
 # and scaled to fill it) are nearly all background.
 FRAME = 2
@@ -59,23 +61,26 @@ def border_mean(image: torch.Tensor) -> float:
     return float(image[:, _frame_mask(*image.shape[-2:])].double().mean()) / 255
 
 
-def intensity_stats(images: torch.Tensor, sample: int = SAMPLE) -> tuple[float, float]:
+def intensity_stats(images: torch.Tensor | ImageSet, sample: int = SAMPLE) -> tuple[float, float]:
     """(mean pixel, mean border) in [0, 1] of uint8 images [N, C, H, W], over every ``ceil(N / sample)``-th image.
 
-    A strided sample, not a random one: the same images each time, and the data's order (by
-    class in a folder) is spread over evenly. Summed in chunks, so large images never become one
-    float copy of the sample.
+    ``images``: a tensor, or an :class:`ImageSet` (read a chunk at a time: it may be a map larger
+    than memory). A strided sample, not a random one: the same images each time, and the data's
+    order (by class in a folder) is spread over evenly. Summed in chunks, so large images never
+    become one float copy of the sample.
     """
-    chosen = images[:: max(1, math.ceil(len(images) / sample))]
-    if len(chosen) == 0:
+    rows = torch.arange(0, len(images), max(1, math.ceil(len(images) / sample)))
+    if len(rows) == 0:
         return 0.0, 0.0
-    mask = _frame_mask(*chosen.shape[-2:])
+    gather = images.gather if isinstance(images, ImageSet) else images.__getitem__
+    side = images.shape[-2:]
+    mask = _frame_mask(*side)
     total = border = 0.0
-    for start in range(0, len(chosen), 256):
-        chunk = chosen[start : start + 256]
+    for start in range(0, len(rows), 256):
+        chunk = gather(rows[start : start + 256])
         total += float(chunk.sum(dtype=torch.float64))
         border += float(chunk[:, :, mask].sum(dtype=torch.float64))
-    images_and_channels = len(chosen) * chosen.shape[1]
+    images_and_channels = len(rows) * images.shape[1]
     return total / (images_and_channels * mask.numel()) / 255, border / (images_and_channels * int(mask.sum())) / 255
 
 

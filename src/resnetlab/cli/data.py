@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from ..data import download_fashion_mnist, open_dataset
 from ..data.download import DEFAULT_URL
 from ..engine.metrics import plot_curves, read_csv
@@ -42,7 +44,7 @@ def show_data_command(args: argparse.Namespace) -> int:
     splits = open_dataset(args.data, val_split=0, warn=lambda message: print(message, file=sys.stderr))
     data = splits.train if args.split == "train" else splits.held_out[0]
     n = min(args.n, len(data))
-    save_image_grid(args.out, data.images[:n], [data.class_names[int(k)] for k in data.labels[:n]])
+    save_image_grid(args.out, data.gather(torch.arange(n)), [data.class_names[int(k)] for k in data.labels[:n]])
     print(f"wrote {args.out}: the first {n} {args.split} images with their labels")
     return 0
 

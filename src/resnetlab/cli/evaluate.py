@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..data.feed import FEEDS, choose_feed
 from ..evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
 from ..explain import as_seen, grad_cam
 from ..fileio import make_folder, write_text
@@ -37,13 +38,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=PRECISIONS,
                    help="fp32, bf16, fp16, fp64, or auto (as in training); default: the run's own where this device "
                         "has it, so figures match the run's")
+    p.add_argument("--feed", choices=FEEDS, default="auto",
+                   help="auto (the split resident on the device while it takes under a quarter of its memory, else "
+                        "streamed batch by batch from the folder's cache), resident, or stream")
     p.set_defaults(func=eval_command)
 
 
 def eval_command(args: argparse.Namespace) -> int:
     """Evaluate the checkpoint as the flags say."""
     evaluate_checkpoint(args.checkpoint, args.data, args.out, tta=args.tta, device=args.device,
-                        precision=args.precision, explain=args.explain)
+                        precision=args.precision, explain=args.explain, feed=args.feed)
     return 0
 
 
@@ -58,12 +62,14 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
     mistakes: int = 32,
     explain: bool = False,
+    feed: str = "auto",
     log: Log = print,
 ) -> dict[str, Any]:
     """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
 
     ``precision`` None (and ``batch_size`` None) take the run's own settings from the checkpoint,
-    so on the same machine the accuracy equals the one training reported.
+    so on the same machine the accuracy equals the one training reported. ``feed``: how the
+    images reach the model (data/feed.py); the figures are the same either way.
     """
     checkpoint = Path(checkpoint)
     model, header = load_model(checkpoint)
@@ -72,7 +78,9 @@ def evaluate_checkpoint(
     out_dir = make_folder(out if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}")
     dev = resolve_device(device)
     prec = scoring_precision(header, dev, precision)
-    logits = split_logits(model, header, test, device=dev, precision=prec, tta=tta, batch_size=batch_size)
+    fed = choose_feed(test.nbytes, dev, feed)
+    logits = split_logits(model, header, test, device=dev, precision=prec, tta=tta, batch_size=batch_size,
+                          stream=fed.stream)
     report = make_report(
         logits, test, header, mistakes=mistakes, checkpoint=str(checkpoint), data=str(folder), split=split,
         # By the fingerprint in the checkpoint's header (None: a checkpoint written before they were kept).
@@ -85,22 +93,23 @@ def evaluate_checkpoint(
                    title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
     worst = torch.tensor([m["index"] for m in report["mistakes"]], dtype=torch.long)
     if len(worst):
+        pixels = test.gather(worst)  # only these images are read, however large the split
         titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
         if explain:  # what the model looked at for the class it wrongly chose
             model.float().to(memory_format=torch.contiguous_format)
-            x = header.preprocess(test.images[worst].to(dev)).float()
+            x = header.preprocess(pixels.to(dev)).float()
             predicted = torch.tensor([names.index(m["predicted"]) for m in report["mistakes"]], device=dev)
             heatmaps, _ = grad_cam(model, x, predicted)
-            shown = as_seen(test.images[worst], header.preprocess.size)
+            shown = as_seen(pixels, header.preprocess.size)
             save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
                                    title_colors=["firebrick"] * len(worst))
         else:
-            save_image_grid(out_dir / "mistakes.png", test.images[worst], titles, title_colors=["firebrick"] * len(worst))
+            save_image_grid(out_dir / "mistakes.png", pixels, titles, title_colors=["firebrick"] * len(worst))
     else:
         (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
     log(f"{split} acc {report['accuracy']:.4f}")
     log(format_table(report))
-    log(f"{report['count']:,} {split} images from {folder}; report.json, confusion.png, mistakes.png in {out_dir}")
+    log(f"{report['count']:,} {split} images from {folder} ({fed.reason}); report.json, confusion.png, mistakes.png in {out_dir}")
     if note:
         log(note)
     return report

@@ -96,7 +96,7 @@ def load_class_folder(
                         "one subfolder of images per class")
     class_names = [c.name for c in classes]
     train, skipped = read_split(base, class_names, image_size=image_size, channels=channels)
-    size, channels = train.images.shape[-1], train.images.shape[1]
+    size, channels = train.shape[-1], train.shape[1]
     counts = torch.bincount(train.labels, minlength=len(class_names))
     empty = [name for name, n in zip(class_names, counts.tolist()) if n == 0]
     if len(train) == 0:

@@ -1,21 +1,26 @@
-"""A batch loader for data that lives on the model's device as one uint8 tensor.
+"""The batch loader: images held on the model's device as one uint8 tensor, or streamed from a memory map.
 
 No DataLoader, no workers, no per-sample Python: each batch is gathered, augmented (random crop
 with padding, horizontal flip, random erasing), resized and normalised with whole-batch tensor
-ops on the device where the model runs, CPU or CUDA alike.
+ops on the device where the model runs, CPU or CUDA alike. Data larger than the device's
+memory are streamed (:class:`DeviceLoader`'s ``stream``): the same batches, gathered from the
+memory-mapped source a few steps ahead by a background thread.
 
 All randomness is derived from ``(seed, epoch, step)``: the epoch's order from
 ``(seed, epoch)``, the augmentation of a global batch from ``(seed, epoch, step)``. It is drawn
-with CPU generators and then moved, so the same seed gives the same batches on any device, a
-resumed run needs only its step counter, and ranks under torchrun that each take a slice of a
-global batch see what one process would.
+with CPU generators, a whole epoch at its start, and copied to the device once, so the same
+seed gives the same batches on any device and either feed, a resumed run needs only its step
+counter, ranks under torchrun that each take a slice of a global batch see what one process
+would, and no step waits for a copy.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +80,46 @@ def _generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(*parts))
 
 
-def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad each image by ``padding`` and crop it back to its size at a random offset."""
+# The columns of an epoch's drawn augmentation (one int32 row per image): crop offsets, flip, erased rectangle.
+_DY, _DX, _FLIP, _Y0, _Y1, _X0, _X1, _ERASE = range(8)
+
+
+def draw_augmentation(augment: Augment, count: int, side: tuple[int, int], out_side: tuple[int, int],
+                      gen: torch.Generator) -> torch.Tensor:
+    """Every random parameter of ``count`` images' augmentation, drawn on the CPU from ``gen``: int32 [count, 8].
+
+    ``side`` is the images' (H, W) as stored, ``out_side`` after resizing (where the erased
+    rectangle lives). Drawn in one fixed order (crop offsets, flips, then the rectangles), so a
+    batch's parameters depend on ``gen`` alone, not on the device, the rank or the feed.
+    """
+    params = torch.zeros(count, 8, dtype=torch.int32)
+    if augment.crop_padding > 0:
+        params[:, _DY] = torch.randint(0, 2 * augment.crop_padding + 1, (count,), generator=gen)
+        params[:, _DX] = torch.randint(0, 2 * augment.crop_padding + 1, (count,), generator=gen)
+    if augment.flip:
+        params[:, _FLIP] = torch.rand(count, generator=gen) < 0.5
+    if augment.erase_prob > 0:
+        params[:, _Y0:] = _draw_rectangles(count, *out_side, augment.erase_prob, gen)
+    return params
+
+
+def _draw_rectangles(count: int, h: int, w: int, prob: float, gen: torch.Generator,
+                     scale: tuple[float, float] = (0.02, 0.33), ratio: tuple[float, float] = (0.3, 3.3)) -> torch.Tensor:
+    """Random erasing's rectangles, int [count, 5]: y0, y1, x0, x1, and whether to erase (torchvision's area and ratio)."""
+    apply = torch.rand(count, generator=gen) < prob
+    area = torch.empty(count).uniform_(*scale, generator=gen) * h * w
+    log_r = torch.empty(count).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    eh = torch.sqrt(area * torch.exp(log_r)).round().clamp(1, h).long()
+    ew = torch.sqrt(area / torch.exp(log_r)).round().clamp(1, w).long()
+    y0 = (torch.rand(count, generator=gen) * (h - eh + 1)).long()
+    x0 = (torch.rand(count, generator=gen) * (w - ew + 1)).long()
+    return torch.stack([y0, y0 + eh, x0, x0 + ew, apply.long()], 1)
+
+
+def crop_at(images: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Zero-pad each image by ``padding`` and crop it back to its size at offsets ``dy``, ``dx`` (on its device)."""
     b, c, h, w = images.shape
     padded = F.pad(images, (padding, padding, padding, padding))
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=gen).to(images.device)
     rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :]
     batch = torch.arange(b, device=images.device)[:, None, None, None]
@@ -88,49 +127,61 @@ def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> tor
     return padded[batch, chans, rows, cols]
 
 
+def flip_where(images: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right the images where ``flip`` (one value per image, on their device) is nonzero."""
+    return torch.where(flip.bool()[:, None, None, None], images.flip(3), images)
+
+
+def erase_at(x: torch.Tensor, rectangles: torch.Tensor) -> torch.Tensor:
+    """Set each image's rectangle (rows of y0, y1, x0, x1, erase; on its device) to 0, the mean after normalisation."""
+    h, w = x.shape[-2:]
+    r = torch.arange(h, device=x.device)[None, :, None]
+    c = torch.arange(w, device=x.device)[None, None, :]
+    p = rectangles
+    inside = ((r >= p[:, 0, None, None]) & (r < p[:, 1, None, None]) & (c >= p[:, 2, None, None])
+              & (c < p[:, 3, None, None]) & p[:, 4, None, None].bool())
+    return x.masked_fill(inside[:, None], 0.0)
+
+
+def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad each image by ``padding`` and crop it back to its size at a random offset."""
+    p = draw_augmentation(Augment(crop_padding=padding), len(images), images.shape[-2:], images.shape[-2:], gen)
+    p = p.to(images.device)
+    return crop_at(images, padding, p[:, _DY], p[:, _DX])
+
+
 def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Mirror each image left-right with probability 1/2."""
-    flip = (torch.rand(images.shape[0], generator=gen) < 0.5).to(images.device)
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    p = draw_augmentation(Augment(flip=True), len(images), images.shape[-2:], images.shape[-2:], gen)
+    return flip_where(images, p[:, _FLIP].to(images.device))
 
 
-def random_erase(
-    x: torch.Tensor,
-    prob: float,
-    gen: torch.Generator,
-    scale: tuple[float, float] = (0.02, 0.33),
-    ratio: tuple[float, float] = (0.3, 3.3),
-) -> torch.Tensor:
+def random_erase(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
     """Set one random rectangle per image to 0 (the mean after normalisation) with probability ``prob``.
 
     Area fraction and aspect ratio are drawn as in torchvision's ``RandomErasing``.
     """
-    b, _, h, w = x.shape
-    apply = torch.rand(b, generator=gen) < prob
-    area = torch.empty(b).uniform_(*scale, generator=gen) * h * w
-    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
-    eh = torch.sqrt(area * torch.exp(log_r)).round().clamp(1, h).long()
-    ew = torch.sqrt(area / torch.exp(log_r)).round().clamp(1, w).long()
-    y0 = (torch.rand(b, generator=gen) * (h - eh + 1)).long()
-    x0 = (torch.rand(b, generator=gen) * (w - ew + 1)).long()
-    params = torch.stack([y0, y0 + eh, x0, x0 + ew, apply.long()], 1).to(x.device)
-    r = torch.arange(h, device=x.device)[None, :, None]
-    c = torch.arange(w, device=x.device)[None, None, :]
-    inside = (
-        (r >= params[:, 0, None, None]) & (r < params[:, 1, None, None])
-        & (c >= params[:, 2, None, None]) & (c < params[:, 3, None, None])
-        & params[:, 4, None, None].bool()
-    )
-    return x.masked_fill(inside[:, None], 0.0)
+    p = draw_augmentation(Augment(erase_prob=prob), len(x), x.shape[-2:], x.shape[-2:], gen)
+    return erase_at(x, p[:, _Y0:].to(x.device))
 
 
 class DeviceLoader:
     """Iterate over an :class:`ImageSet` in batches that are ready for the model.
 
+    Two feeds, the same batches. Resident (the default): the images are moved to ``device``
+    once, and each batch is indexed there. Streamed (``stream=True``, for data larger than the
+    device's memory): each batch's rows are gathered from the set's source (a memory map) by a
+    background thread a few batches ahead, in ascending row order, into pinned memory on CUDA,
+    and copied ``non_blocking``; only this rank's share of a global batch is read.
+
+    Between steps the host never waits for the device: the epoch's order and every augmentation
+    parameter of the epoch are drawn on the CPU at the epoch's start and copied to the device
+    once (pinned, ``non_blocking``); a step only slices them.
+
     Args:
-        data: the images (uint8 [N, C, H, W]) and labels; moved to ``device`` once.
+        data: the images (uint8 [N, C, H, W]) and labels.
         batch_size: the global batch size (all ranks together).
-        device: where the data, the batches and the model live.
+        device: where the batches and the model live.
         image_size: side of the square images the model gets (bilinear resize); None keeps the size.
         mean, std: per-channel normalisation of pixels scaled to [0, 1]; None: only scale to [0, 1].
         shuffle: a new seeded order every epoch; otherwise the stored order.
@@ -140,6 +191,8 @@ class DeviceLoader:
         channels_last: return batches in channels-last memory format.
         rank, world_size: under torchrun, this process takes its share of every global batch.
         dtype: the floating dtype of the batches (float32; float64 for ``--precision fp64``).
+        stream: gather each batch from ``data``'s source instead of holding the images on ``device``.
+        prefetch: batches a streamed loader gathers ahead.
     """
 
     def __init__(
@@ -159,15 +212,21 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
+        stream: bool = False,
+        prefetch: int = 4,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.device = torch.device(device)
-        self.images = data.images.to(self.device)
+        self.data = data
+        self.stream = stream
+        self.prefetch = prefetch
+        # Resident: the whole set on the device (a mapped split that needs no selection is indexed in place on the CPU).
+        self.images = None if stream else data.images.to(self.device)
         self.labels = data.labels.to(self.device)
         self.batch_size = batch_size
         self.image_size = image_size
-        channels = self.images.shape[1]
+        channels = data.shape[1]
         self.dtype = dtype
         self.mean = None if mean is None else torch.tensor(mean, dtype=dtype, device=self.device).view(1, channels, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=dtype, device=self.device).view(1, channels, 1, 1)
@@ -190,37 +249,125 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def order(self, epoch: int) -> torch.Tensor:
-        """The epoch's example order: a permutation drawn from ``(seed, epoch)``, or the stored order."""
+        """The epoch's example order on the CPU: a permutation drawn from ``(seed, epoch)``, or the stored order."""
         if not self.shuffle:
-            return torch.arange(self.num_examples, device=self.device)
-        return torch.randperm(self.num_examples, generator=_generator(self.seed, epoch)).to(self.device)
+            return torch.arange(self.num_examples)
+        return torch.randperm(self.num_examples, generator=_generator(self.seed, epoch))
 
-    def prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
-        """Turn a uint8 batch into the model's float input: augment, resize, normalise."""
-        aug = self.augment if gen is not None else Augment()
+    def _batch(self, step: int) -> range:
+        """The positions in the epoch's order of global batch ``step``."""
+        return range(step * self.batch_size, min((step + 1) * self.batch_size, self.num_examples))
+
+    def augmentation(self, epoch: int, start_step: int = 0) -> torch.Tensor | None:
+        """The parameters of every global batch of ``epoch`` from ``start_step`` on, each drawn from ``(seed, epoch, step)``.
+
+        int32 [images of those batches, 8] on the CPU, batch after batch; None when nothing is augmented.
+        """
+        if not (self.shuffle and self.augment.active):
+            return None
+        side = tuple(self.data.shape[-2:])
+        out_side = (self.image_size, self.image_size) if self.image_size is not None else side
+        draws = [draw_augmentation(self.augment, len(self._batch(step)), side, out_side, _generator(self.seed, epoch, step))
+                 for step in range(start_step, len(self))]
+        return torch.cat(draws) if draws else torch.zeros(0, 8, dtype=torch.int32)
+
+    def prepare(self, images: torch.Tensor, params: torch.Tensor | None) -> torch.Tensor:
+        """Turn a uint8 batch into the model's float input: augment (``params`` on its device, or None), resize, normalise."""
+        aug = self.augment if params is not None else Augment()
         if aug.crop_padding > 0:
-            images = random_crop(images, aug.crop_padding, gen)
+            images = crop_at(images, aug.crop_padding, params[:, _DY], params[:, _DX])
         if aug.flip:
-            images = random_flip(images, gen)
+            images = flip_where(images, params[:, _FLIP])
         x = to_model_input(images, self.image_size, self.mean, self.std, self.dtype)
         if aug.erase_prob > 0:
-            x = random_erase(x, aug.erase_prob, gen)
+            x = erase_at(x, params[:, _Y0:])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _mine(self, batch: range) -> range:
+        """This rank's contiguous share of a global ``batch`` (all of it in a single process)."""
+        if self.world_size == 1:
+            return batch
+        share = math.ceil(len(batch) / self.world_size)
+        return batch[self.rank * share : (self.rank + 1) * share]
+
     def batches(self, epoch: int = 0, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(inputs, labels)`` for this rank, for the steps of ``epoch`` from ``start_step`` on."""
-        order = self.order(epoch)
-        augmenting = self.shuffle and self.augment.active
-        for step in range(start_step, len(self)):
-            index = order[step * self.batch_size : (step + 1) * self.batch_size]
-            gen = _generator(self.seed, epoch, step) if augmenting else None
-            x = self.prepare(self.images[index], gen)
-            y = self.labels[index]
-            if self.world_size > 1:
-                # Augmentation was drawn for the whole global batch; keep this rank's contiguous share.
-                share = math.ceil(len(y) / self.world_size)
-                x = x[self.rank * share : (self.rank + 1) * share]
-                y = y[self.rank * share : (self.rank + 1) * share]
-            yield x, y
+        cpu_order = self.order(epoch)
+        params = self.augmentation(epoch, start_step)  # drawn from start_step's batch on
+        first = start_step * self.batch_size
+        # The epoch's two copies to the device; a step below only slices what is there.
+        order = to_device(cpu_order, self.device)
+        params = to_device(params, self.device) if params is not None else None
+        shares = [self._mine(self._batch(step)) for step in range(start_step, len(self))]
+        if self.stream:
+            pin = self.device.type == "cuda"
+            pixels = background((self.data.gather(cpu_order[mine.start:mine.stop], pin=pin) for mine in shares),
+                                self.prefetch)
+        else:
+            pixels = (self.images[order[mine.start:mine.stop]] for mine in shares)
+        for mine, images in zip(shares, pixels):
+            if self.stream:
+                images = images.to(self.device, non_blocking=True)
+            drawn = params[mine.start - first : mine.stop - first] if params is not None else None
+            yield self.prepare(images, drawn), self.labels[order[mine.start:mine.stop]]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the CPU) on ``device``: through pinned memory and ``non_blocking`` for CUDA, so the host does not wait."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+_END = object()
+
+
+class _Failure:
+    """An exception raised in the background thread, carried to the consumer."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def background(items: Iterable, depth: int) -> Iterator:
+    """Iterate over ``items``, produced by a background thread at most ``depth`` ahead (torch and disk reads release the GIL).
+
+    The thread stops when the consumer stops (early, by an exception, or closing the generator);
+    an exception in the thread is raised in the consumer.
+    """
+    ready: queue.Queue = queue.Queue(max(1, depth))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - carried over and raised where the batches are taken
+            put(_Failure(exc))
+
+    thread = threading.Thread(target=produce, name="resnetlab-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ResnetlabError, first_line
+from ..data.feed import FEEDS
 from ..runtime import DEVICES, PRECISIONS
 
 
@@ -64,6 +65,9 @@ class TrainConfig:
     crop_padding: int | None = option("augmentation: random crop after zero-padding by this many pixels (0: off)")
     flip: bool | None = option("augmentation: random horizontal flip (right for photos, wrong for digits or text)")
     erase_prob: float | None = option("augmentation: probability of random erasing of one rectangle")
+    feed: str | None = option("auto (images resident on the device while they take under a quarter of its memory, else "
+                              "streamed batch by batch from the folder's memory-mapped cache), resident, or stream; "
+                              "the batches are the same")
 
     # --- optimisation ---
     epochs: int | None = option("passes over the training images (with --time-budget: the most it may do)")
@@ -174,6 +178,7 @@ class RunConfig:
     crop_padding: int
     flip: bool
     erase_prob: float
+    feed: str
     epochs: int
     time_budget: float
     budget_plan: list[list[int]]  # given (a repeated run follows it); the run's own decisions are run state
@@ -304,12 +309,13 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 INIT_SCHEMES = ("default", "xavier")
 # Fields a resumed run may change: they decide how the run is saved and guarded, not what it computes.
 # ``data`` may name where the same files are now (each split's fingerprint must still match).
-RESUME_OVERRIDES = ("save_every", "skip_nonfinite", "data")
+RESUME_OVERRIDES = ("save_every", "skip_nonfinite", "data", "feed")
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "step", "cosine", "onecycle"),
     "device": DEVICES,
     "precision": PRECISIONS,
+    "feed": FEEDS,
 }
 
 

@@ -234,7 +234,7 @@ def folder_recipe(num_images: int, size: int, device: torch.device) -> dict[str,
 BASE_DEFAULTS: dict[str, Any] = dict(
     model="d2l_resnet18", model_args={}, init="default", init_non_strict=False, freeze_backbone=False,
     val_split=5000, val_fraction=0.2, strict=False, image_size=28, normalize=True, crop_padding=0, flip=False,
-    erase_prob=0.0, epochs=10, time_budget=0.0, budget_plan=[], batch_size=256, optimizer="sgd", lr=0.05, momentum=0.0,
+    erase_prob=0.0, feed="auto", epochs=10, time_budget=0.0, budget_plan=[], batch_size=256, optimizer="sgd", lr=0.05, momentum=0.0,
     nesterov=False, weight_decay=0.0, schedule="constant", warmup_epochs=0.0, step_epochs=30, step_gamma=0.1,
     label_smoothing=0.0, ema_decay=0.0, recalibrate_bn=2048, tta=False, test_each_epoch=False, device="auto",
     precision="auto", channels_last=True, compile=False, small_maps=False, seed=0, sync_bn=False, dist_timeout=300,
