@@ -12,8 +12,13 @@ What it runs, each part on its own (one that fails is reported and the rest go o
 3. the ``fast`` preset with seeds 0, 1, 2 (goal: test accuracy >= 0.94 within 5 s of training);
 4. the ``best`` preset, seed 0 (goal: >= 0.955 within 30 s of training);
 5. achieved model FLOP/s of the ``fast`` training step (conv and linear MACs x 2 x 3 per image,
-   timed with CUDA events over 50 steps after warm-up) against the measured peak (goal: >= 40%);
-6. ``pytest -m gpu`` (bf16 and fp16 steps, stop and resume, eval/predict/ONNX export of a GPU
+   timed over 50 steps after warm-up, the device waited for) against the measured peak (goal: >= 40%);
+6. the same step eager beside ``--compile --compile-mode reduce-overhead`` (inductor and CUDA
+   graphs), with its compilation timed on its own;
+7. one epoch each of ``fast``, ``best`` and ``d2l`` with ``torch.cuda.set_sync_debug_mode("error")``
+   over the epoch's steps (``host_syncs.py``: the guard's readings and the epoch's end aside):
+   whether the host waited for the device inside a step, and where (n/a on the CPU);
+8. ``pytest -m gpu`` (bf16 and fp16 steps, stop and resume, eval/predict/ONNX export of a GPU
    checkpoint, ``--compile``, torchrun with NCCL).
 
 With ``--tune``, candidate recipes for ``fast`` and ``best`` follow, each reporting validation
@@ -45,6 +50,7 @@ from resnetlab.engine import fit, from_preset  # noqa: E402
 
 ROWS: list[tuple[str, str, str, str]] = []  # (what, figure, goal, verdict)
 LOG: Path | None = None
+EAGER_STEP: dict[str, Any] = {}  # the fast step's eager timing (fast_step), measured once for the FLOP/s and compile rows
 
 
 def say(text: str = "") -> None:
@@ -146,8 +152,13 @@ def vs_d2l_part(args, tmp) -> None:
                  verdict(ratio >= 5 and ours.test_acc >= book["test_acc"] - 0.005)))
 
 
-def flops_part(args, peak: float) -> None:
-    """Achieved model FLOP/s of the fast preset's training step."""
+def fast_step(args, compile_mode: str | None = None) -> dict[str, Any]:
+    """The fast preset's training step on one fixed batch: its time after warm-up (CUDA-synchronised) and what it computes.
+
+    ``compile_mode``: the step's model under ``torch.compile(mode=...)``, as ``--compile --compile-mode`` runs it;
+    its first three steps (compilation, and with CUDA graphs a warm-up run and the recording) are timed on their own.
+    On the CPU the smoke run compiles with dynamo's eager backend (seconds, not inductor's minutes) to check the code.
+    """
     from torch import nn
 
     from resnetlab.engine.initialize import build_model
@@ -160,30 +171,94 @@ def flops_part(args, peak: float) -> None:
     device = torch.device(args.device)
     config = with_base_defaults(from_preset("fast"))
     batch = 64 if args.smoke else config.batch_size
+    torch.manual_seed(0)
     model = build_model(config, 1, 10).to(device)
     macs = summary(model, (1, 1, config.image_size, config.image_size)).total_macs
     model = model.to(memory_format=torch.channels_last)
     precision = resolve_precision("auto", device)
     optimizer = make_optimizer(config, model)
-    training = Training(config, model, model, optimizer, make_scheduler(config, optimizer, 100),
+    step_model = model
+    if compile_mode is not None:
+        torch._dynamo.reset()  # each compiled step starts from nothing: its first steps are its own compilation
+        step_model = (torch.compile(model, mode=compile_mode) if device.type == "cuda"
+                      else torch.compile(model, backend="eager"))
+    training = Training(config, model, step_model, optimizer, make_scheduler(config, optimizer, 100),
                         nn.CrossEntropyLoss(label_smoothing=config.label_smoothing), None, device, precision)
     x = torch.randn(batch, 1, config.image_size, config.image_size, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
-    steps = 3 if args.smoke else 50
-    for i in range(3 if args.smoke else 20):
+    sync(device)
+    start = time.perf_counter()
+    first = 3 if compile_mode is not None else 0
+    for i in range(first):
+        training.train_step(x, y, i)
+    sync(device)
+    first_seconds = time.perf_counter() - start
+    steps = 2 if args.smoke else 50
+    for i in range(first, first + (1 if args.smoke else 20)):
         training.train_step(x, y, i)
     sync(device)
     start = time.perf_counter()
     for i in range(steps):
         training.train_step(x, y, i)
     sync(device)
-    seconds = (time.perf_counter() - start) / steps
+    return {"seconds": (time.perf_counter() - start) / steps, "first_seconds": first_seconds, "macs": macs,
+            "batch": batch, "precision": precision.name}
+
+
+def flops_part(args, peak: float) -> None:
+    """Achieved model FLOP/s of the fast preset's training step."""
+    EAGER_STEP.update(fast_step(args))
+    step = EAGER_STEP
+    seconds, macs, batch = step["seconds"], step["macs"], step["batch"]
     flops = 6 * macs * batch / seconds / 1e12  # forward 2 FLOP per MAC, backward twice the forward
     share = flops / peak
-    say(f"   {macs / 1e6:.1f} M MACs per image, batch {batch}, {precision.name}, {seconds * 1000:.2f} ms per step, "
+    say(f"   {macs / 1e6:.1f} M MACs per image, batch {batch}, {step['precision']}, {seconds * 1000:.2f} ms per step, "
         f"{batch / seconds:,.0f} img/s, {flops:.1f} TFLOP/s of model work = {share:.1%} of the measured bf16 peak")
     ROWS.append(("fast step: model FLOP/s vs bf16 matmul peak", f"{flops:.1f} of {peak:.1f} TFLOP/s = {share:.1%}",
                  ">= 40%", verdict(share >= 0.4)))
+
+
+def compile_part(args) -> None:
+    """The fast step eager beside ``--compile --compile-mode reduce-overhead`` (inductor and CUDA graphs)."""
+    from torch._dynamo.utils import counters
+
+    cuda = torch.device(args.device).type == "cuda"
+    eager = EAGER_STEP or fast_step(args)
+    skips_before = counters["inductor"]["cudagraph_skips"]  # PyTorch counts the graphs it would not capture
+    compiled = fast_step(args, compile_mode="reduce-overhead")
+    skips = counters["inductor"]["cudagraph_skips"] - skips_before
+    how = "reduce-overhead" if cuda else "dynamo, eager backend (cpu smoke: checks the code only)"
+    say(f"   eager {eager['seconds'] * 1000:.2f} ms per step; {how} {compiled['seconds'] * 1000:.2f} ms per step "
+        f"after its first 3 steps took {compiled['first_seconds']:.1f} s; CUDA-graph skips counted: {skips}")
+    ratio = eager["seconds"] / compiled["seconds"]
+    ROWS.append(("fast step: eager vs --compile-mode reduce-overhead",
+                 f"{eager['seconds'] * 1000:.2f} vs {compiled['seconds'] * 1000:.2f} ms ({ratio:.2f}x), "
+                 f"compile {compiled['first_seconds']:.1f} s" + ("" if cuda else " (cpu: dynamo, eager backend)"),
+                 "faster", verdict(ratio > 1) if cuda else ""))
+
+
+def syncs_part(args, tmp) -> None:
+    """One epoch of fast, best and d2l with every host sync inside the steps an error (``host_syncs.py``)."""
+    what = "host syncs inside steps, 1 epoch of fast/best/d2l"
+    if torch.device(args.device).type != "cuda":
+        say("   n/a on cpu (torch.cuda.set_sync_debug_mode is a CUDA setting)")
+        ROWS.append((what, "n/a on cpu", "none", ""))
+        return
+    from host_syncs import is_sync_error, syncs_are_errors, where_synced
+
+    found = []
+    for name in ("fast", "best", "d2l"):
+        try:
+            with syncs_are_errors():
+                run_preset(name, args, tmp, epochs=1)
+        except RuntimeError as exc:
+            if not is_sync_error(exc):
+                raise
+            say(f"   {name}: a host sync inside a step, at {where_synced(exc)}")
+            found.append(f"{name} at {where_synced(exc, short=True)}")
+        else:
+            say(f"   {name}: no host sync inside the epoch's steps")
+    ROWS.append((what, "; ".join(found) or "none", "none", verdict(not found)))
 
 
 def tests_part(args) -> None:
@@ -207,6 +282,7 @@ def tune_part(args, tmp) -> None:
         ("fast", {"epochs": 5, "batch_size": 1024, "lr": 0.4}),
         ("fast", {"epochs": 12}),
         ("fast", {"compile": True}),
+        ("fast", {"compile": True, "compile_mode": "reduce-overhead"}),
         ("best", {"batch_size": 512, "lr": 0.2, "epochs": 25}),
         ("best", {"batch_size": 1024, "lr": 0.4, "epochs": 30}),
     ]
@@ -227,7 +303,7 @@ def main() -> None:
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder (default: $RESNETLAB_DATA, then Debian's)")
     parser.add_argument("--smoke", action="store_true", help="tiny limits: check that the suite works (a minute on a CPU)")
     parser.add_argument("--tune", action="store_true", help="also run candidate recipes for fast and best")
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: peak,d2l,fast,best,flops,tests")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out: peak,d2l,fast,best,flops,compile,syncs,tests")
     parser.add_argument("--log", default=None, help="also append every line to this file")
     args = parser.parse_args()
     LOG = Path(args.log) if args.log else None
@@ -253,6 +329,8 @@ def main() -> None:
             ("peak", "bf16 matmul peak", peak_part),
             ("fast", "fast preset", lambda: preset_part("fast", seeds, 0.94, 5.0, args, tmp)),
             ("flops", "model FLOP/s of the fast step", lambda: flops_part(args, peak)),
+            ("compile", "fast step eager vs reduce-overhead", lambda: compile_part(args)),
+            ("syncs", "host syncs inside steps", lambda: syncs_part(args, tmp)),
             ("d2l", "book loop vs d2l preset", lambda: vs_d2l_part(args, tmp)),
             ("best", "best preset", lambda: preset_part("best", [0], 0.955, 30.0, args, tmp)),
             ("tests", "pytest -m gpu", lambda: tests_part(args)),

@@ -1,6 +1,7 @@
 """`resnetlab train` and friends from the command line: a tiny run, and every user error as one line, exit 2."""
 
 import gzip
+import json
 import shutil
 import subprocess
 import sys
@@ -162,3 +163,20 @@ def test_a_runs_latest_that_is_a_real_folder_is_left_alone(tiny_data, tmp_path, 
     assert latest.is_dir() and not latest.is_symlink() and (latest / "notes.txt").read_text() == "mine"
     made = [p for p in (tmp_path / "runs").iterdir() if p.name != "latest"]
     assert len(made) == 1 and (made[0] / "results.json").exists()
+
+
+@pytest.mark.slow  # torch.compile of the model takes 30-90 s on 2 cores
+def test_compile_trains_and_says_what_compiling_took(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_data), "--out", str(out), *TINY, "--compile", "--compile-mode", "default"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("compile: first step took ") and line.endswith("not counted in img/s)") for line in lines)
+    assert json.loads((out / "config.json").read_text())["compile_mode"] == "default"
+
+
+def test_bad_compile_modes_are_one_line_errors(tiny_data, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), *TINY]
+    one_line_error(capsys, [*argv, "--compile", "--compile-mode", "fastest"], "--compile-mode", "invalid choice",
+                   "reduce-overhead")
+    one_line_error(capsys, [*argv, "--compile-mode", "reduce-overhead"], "--compile-mode reduce-overhead needs --compile")
+    assert not (tmp_path / "r").exists()

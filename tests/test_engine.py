@@ -151,9 +151,13 @@ def test_config_rejects_bad_values(tmp_path):
         ("erase_prob", 1.5, "--erase-prob 1.5"),
         ("schedule", "linear", "--schedule 'linear' is not one of"),
         ("val_split", -3, "--val-split -3 must not be negative"),
+        ("compile_mode", "fastest", "--compile-mode 'fastest' is not one of"),
     ]:
         with pytest.raises(ResnetlabError, match=message.replace("(", r"\(")):
             validate(TrainConfig().replace(**{field: value}))
+    with pytest.raises(ResnetlabError, match="--compile-mode reduce-overhead needs --compile"):
+        validate(TrainConfig(compile=False, compile_mode="reduce-overhead"))
+    validate(TrainConfig(compile=True, compile_mode="reduce-overhead"))
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ResnetlabError, match="not valid JSON"):
@@ -345,3 +349,29 @@ def test_the_resolved_configuration_has_every_given_field_but_the_run_folder():
     assert [f.name for f in dataclasses.fields(RunConfig)] == [name for name in given if name != "out"]
     assert dataclasses.fields(RunConfig)[0].name == "preset" and RunConfig.__dataclass_params__.frozen
 
+
+
+def test_a_compiled_runs_first_step_is_said_on_its_own_line_and_left_out_of_img_s(tiny_data, tmp_path, monkeypatch):
+    # No torch.compile here (minutes on 2 cores: test_cli_train.py has the real one): the loop is told that its
+    # first step compiles, and a fake clock makes that step take 30 s and every other 0.5 s.
+    import resnetlab.engine.train as train_module
+    from helpers import FakeClock
+    from resnetlab.engine.steps import Training
+
+    clock = FakeClock()
+    real_step = Training.train_step
+
+    def step(self, x, y, global_step, stop_requested=False):
+        clock.advance(30.0 if global_step == 0 else 0.5)
+        return real_step(self, x, y, global_step, stop_requested)
+
+    monkeypatch.setattr(Training, "train_step", step)
+    monkeypatch.setattr(train_module, "compile_warm_up_steps", lambda config, device: 1)
+    lines = []
+    result = fit(tiny(tiny_data, tmp_path, limit_train=100, limit_test=50, recalibrate_bn=0), log=lines.append, clock=clock,
+                 started=clock())
+    assert "compile: first step took 30.0 s (compilation, not counted in img/s)" in lines
+    first, second = result.history
+    assert first["seconds"] == pytest.approx(30.0 + 0.5)  # 2 steps of 50: the epoch's time is all of it
+    assert first["examples_per_sec"] == pytest.approx(50 / 0.5)  # its rate leaves the compiling step out
+    assert second["examples_per_sec"] == pytest.approx(100 / (2 * 0.5))

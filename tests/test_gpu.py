@@ -1,5 +1,6 @@
 """The CUDA path through the command line: bf16 and fp16 steps, stop and resume, eval, predict and ONNX
-export of a checkpoint trained on the GPU, ``--compile``, and torchrun with NCCL.
+export of a checkpoint trained on the GPU, ``--compile``, no host sync inside the fast preset's steps, and torchrun
+with NCCL.
 
 Skipped where there is no CUDA GPU; ``benchmarks/gpu_suite.py`` runs them on a lent GPU machine.
 """
@@ -11,12 +12,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
 from helpers import train_child, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.gpu,
@@ -101,6 +105,38 @@ def test_compile(tiny_data, tmp_path):
                      timeout=600)
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "r" / "results.json").read_text())["test_acc"] > 0.5
+
+
+def test_the_fast_presets_steps_never_wait_for_the_device(tiny_data, tmp_path, monkeypatch):
+    # Issue 20: between the guard's readings (every CHECK_EVERY = 50 steps, and an epoch's last) the host queues steps
+    # without waiting; 60 steps of batch 8 cross one reading. host_syncs.py turns any other sync into an error.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from host_syncs import is_sync_error, syncs_are_errors, where_synced
+
+    from resnetlab.engine import fit, from_preset
+    from resnetlab.engine.steps import Training
+
+    config = from_preset("fast").replace(data=str(tiny_data), device="cuda", val_split=100, limit_train=480, batch_size=8,
+                                         lr=0.0025, epochs=1, out=str(tmp_path / "r"))
+    try:
+        with syncs_are_errors():
+            result = fit(config, log=lambda line: None)
+    except RuntimeError as exc:
+        if not is_sync_error(exc):
+            raise
+        pytest.fail(f"a host sync inside a step: {where_synced(exc)}")
+    assert len(result.history) == 1
+    # The check can fail: a step that reads a value on the host is caught.
+    real_step = Training.train_step
+
+    def reading_step(self, x, y, global_step, stop_requested=False):
+        out = real_step(self, x, y, global_step, stop_requested)
+        float(out.loss)
+        return out
+
+    monkeypatch.setattr(Training, "train_step", reading_step)
+    with syncs_are_errors(), pytest.raises(RuntimeError, match="synchronizing CUDA operation"):
+        fit(config.replace(out=str(tmp_path / "reading")), log=lambda line: None)
 
 
 def test_torchrun_with_nccl(tiny_data, tmp_path):

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import one_line_error
 from resnetlab.engine import TrainConfig
@@ -14,7 +15,7 @@ from resnetlab.engine.recipe import with_base_defaults
 from resnetlab import runtime
 from resnetlab.engine.optim import make_optimizer, make_scheduler
 from resnetlab.runtime import Precision, resolve_device, resolve_precision
-from resnetlab.engine.steps import Ema, Training
+from resnetlab.engine.steps import Ema, Snapshot, Training
 from resnetlab.errors import ResnetlabError
 
 
@@ -145,3 +146,65 @@ def test_fp16_overflow_is_the_scalers_business_not_a_bad_step(tmp_path):
     again.scaler = torch.amp.GradScaler("cpu")
     restore_train_state(load_train_state(tmp_path / "train_state.pt"), again)
     assert again.scaler.get_scale() == 2.0**99 and again.scaler.state_dict() == training.scaler.state_dict()
+
+
+class _CountOps(TorchDispatchMode):
+    """Records the ATen operations dispatched inside it (on a GPU each is one kernel launch or more)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _blocks(n: int) -> nn.Module:
+    return nn.Sequential(*[nn.Sequential(nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)) for _ in range(n)])
+
+
+def test_the_guard_takes_and_puts_back_the_buffers_in_as_many_operations_for_any_model():
+    keep = torch.tensor(False)
+    seen = []
+    for n in (1, 30):  # 3 buffers against 90
+        snapshot = Snapshot(list(_blocks(n).buffers()))
+        with _CountOps() as taking:
+            snapshot.take()
+        with _CountOps() as putting:
+            snapshot.put_back(keep)
+        seen.append((taking.ops, putting.ops))
+    assert seen[0] == seen[1]
+    # Two dtypes (the float statistics, the long batch counters): one fused copy each to take; to put back
+    # a fused copy in, one select and a fused copy out each.
+    assert len(seen[0][0]) == 2 and len(seen[0][1]) == 6, seen[0]
+
+
+def test_a_snapshot_puts_back_bit_for_bit_and_lets_no_nan_through():
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(3, generator=gen), torch.randn(2, 2, generator=gen), torch.tensor(7), torch.randn((), generator=gen),
+               torch.zeros(0), torch.randn(4, generator=gen, dtype=torch.float64)]
+    before = [t.clone() for t in tensors]
+    addresses = [t.data_ptr() for t in tensors]
+    snapshot = Snapshot(tensors)
+    snapshot.take()
+
+    def spoil() -> list[torch.Tensor]:
+        for t in tensors:
+            if t.is_floating_point():
+                t.copy_(torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0]).to(t.dtype).repeat(2)[:t.numel()]
+                        .view(t.shape))
+            else:
+                t.add_(1)
+        return [t.clone() for t in tensors]
+
+    def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+        as_int = {torch.float32: torch.int32, torch.float64: torch.int64}
+        return torch.equal(a.view(as_int[a.dtype]), b.view(as_int[b.dtype])) if a.is_floating_point() else torch.equal(a, b)
+
+    spoilt = spoil()
+    snapshot.put_back(torch.tensor(True))  # kept: the new values, NaN and -0.0 included, as they are
+    assert all(same_bits(t, s) for t, s in zip(tensors, spoilt))
+    snapshot.put_back(torch.tensor(False))  # put back: what was taken, with nothing of the NaN or inf
+    assert all(same_bits(t, b) for t, b in zip(tensors, before))
+    assert [t.data_ptr() for t in tensors] == addresses  # the module's own tensors, written in place

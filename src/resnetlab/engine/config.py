@@ -104,6 +104,8 @@ class TrainConfig:
                                    "cards, else fp32), fp32, bf16, fp16 (GPUs, with loss scaling), or fp64 (CPU, to check results)")
     channels_last: bool | None = option("channels-last memory format for the model and its input")
     compile: bool | None = option("torch.compile the model (slow start, faster steps on a GPU; no faster on a 2-core CPU)")
+    compile_mode: str | None = option("with --compile: torch.compile's mode, default, reduce-overhead (CUDA graphs: fewer "
+                                      "launches for small steps), max-autotune or max-autotune-no-cudagraphs")
     small_maps: bool | None = option("compute 3x3 convolutions of 1x1 and 2x2 feature maps as matrix products without the "
                                      "padding (default: on the CPU, where the seed's net at 28 px trains 1.4x faster)")
     seed: int | None = option("seeds the init, the validation split, the data order and augmentation")
@@ -202,6 +204,7 @@ class RunConfig:
     precision: str
     channels_last: bool
     compile: bool
+    compile_mode: str
     small_maps: bool
     seed: int
     sync_bn: bool
@@ -310,12 +313,15 @@ INIT_SCHEMES = ("default", "xavier")
 # Fields a resumed run may change: they decide how the run is saved and guarded, not what it computes.
 # ``data`` may name where the same files are now (each split's fingerprint must still match).
 RESUME_OVERRIDES = ("save_every", "skip_nonfinite", "data", "feed")
+# torch.compile's modes, the four that PyTorch has long had (``torch._inductor.list_mode_options()``; 2.13 lists "lite" too).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHOICES = {
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "step", "cosine", "onecycle"),
     "device": DEVICES,
     "precision": PRECISIONS,
     "feed": FEEDS,
+    "compile_mode": COMPILE_MODES,
 }
 
 
@@ -373,6 +379,8 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ResnetlabError(f"--warmup-epochs {config.warmup_epochs} must not exceed --epochs {config.epochs}")
     if config.nesterov and config.momentum == 0:
         raise ResnetlabError("--nesterov needs a positive --momentum")
+    if given("compile_mode") and config.compile_mode != "default" and config.compile is False:
+        raise ResnetlabError(f"--compile-mode {config.compile_mode} needs --compile")
     if given("budget_plan") and not _is_plan(config.budget_plan):
         raise ResnetlabError(f"budget_plan {config.budget_plan!r} must be a list of [global step, total steps] pairs of "
                              "non-negative integers with rising steps, as a run writes it into config.json")

@@ -237,7 +237,7 @@ BASE_DEFAULTS: dict[str, Any] = dict(
     erase_prob=0.0, feed="auto", epochs=10, time_budget=0.0, budget_plan=[], batch_size=256, optimizer="sgd", lr=0.05, momentum=0.0,
     nesterov=False, weight_decay=0.0, schedule="constant", warmup_epochs=0.0, step_epochs=30, step_gamma=0.1,
     label_smoothing=0.0, ema_decay=0.0, recalibrate_bn=2048, tta=False, test_each_epoch=False, device="auto",
-    precision="auto", channels_last=True, compile=False, small_maps=False, seed=0, sync_bn=False, dist_timeout=300,
+    precision="auto", channels_last=True, compile=False, compile_mode="default", small_maps=False, seed=0, sync_bn=False, dist_timeout=300,
     deterministic=False, save_every=0, skip_nonfinite=False,
 )
 

@@ -260,7 +260,7 @@ def _training(config: RunConfig, model: nn.Module, steps_per_epoch: int, progres
     step_model = wrap_ddp(model, device) if dist.enabled else model
     optimizer = make_optimizer(config, model)
     return Training(
-        config=config, model=model, step_model=torch.compile(step_model) if config.compile else step_model,
+        config=config, model=model, step_model=torch.compile(step_model, mode=config.compile_mode) if config.compile else step_model,
         optimizer=optimizer, scheduler=make_scheduler(config, optimizer, steps_per_epoch, progress.plan),
         criterion=nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
         ema=Ema(model, config.ema_decay) if config.ema_decay else None, device=device,

@@ -38,6 +38,14 @@ from .steps import check_interval
 from .stop import StopSignals
 
 
+def compile_warm_up_steps(config: RunConfig, device: torch.device) -> int:
+    """How many first steps of a process compile the model: none without ``--compile``, one, or two where CUDA
+    graphs are recorded (``reduce-overhead``, ``max-autotune``: PyTorch runs a graph once to warm up, then records it)."""
+    if not config.compile:
+        return 0
+    return 2 if device.type == "cuda" and config.compile_mode in ("reduce-overhead", "max-autotune") else 1
+
+
 class Loop:
     """A set-up run from its next step to its results: the epochs, their ends, saving, planning, finishing.
 
@@ -55,6 +63,11 @@ class Loop:
         self.elapsed_before = p.elapsed_seconds
         self.plan_recorded = [list(d) for d in p.plan]  # what config.json says the plan is
         self.check_every = check_interval(run.device)
+        # A compiled model's first steps in this process compile it (and in the CUDA-graph modes record the graphs):
+        # they are timed on their own, said on a line of their own and left out of their epoch's img/s.
+        self.warm_up_left = compile_warm_up_steps(config, run.device)
+        self.warm_up_seconds = 0.0  # all of this process's warm-up steps, for its line
+        self.warm_up_in_epoch = (0.0, 0)  # the seconds and images of the warm-up steps in the epoch under way
         self.planner = None  # a time budget without a plan given (a run repeated from its config.json follows it)
         if config.time_budget and not config.budget_plan:
             per_epoch = sum(loader.num_examples for loader in (loaders.val, loaders.recalibration) if loader)
@@ -117,7 +130,13 @@ class Loop:
             if run.dist.is_main else None
         start, before = self.clock(), p.epoch_seconds
         for x, y in run.loaders.train.batches(p.epoch, p.step):
+            warming_up = self.warm_up_left > 0
+            if warming_up:
+                self._sync()
+                began = self.clock()
             loss, logits, applied = training.train_step(x, y, p.global_step, self.stop.requested)
+            if warming_up:
+                self._warmed_up(began, applied, len(y))
             # Sums on the device, counting only applied steps; nothing here waits for the device.
             p.loss_sum += torch.where(applied, loss.float() * len(y), 0.0)
             p.correct += torch.where(applied, (logits.argmax(1) == y).sum(), 0)
@@ -152,6 +171,20 @@ class Loop:
         p.epoch_seconds = before + self.clock() - start
         if bar is not None:
             bar.close()
+
+    def _warmed_up(self, began: float, applied: torch.Tensor, batch: int) -> None:
+        """A warm-up step (compilation) that began at ``began`` is done: time it; after the last, say what they took."""
+        self._sync()
+        seconds = self.clock() - began
+        images = int(applied) * batch * self.run.dist.world_size  # as the epoch counts them: applied, all ranks'
+        self.warm_up_in_epoch = (self.warm_up_in_epoch[0] + seconds, self.warm_up_in_epoch[1] + images)
+        self.warm_up_seconds += seconds
+        self.warm_up_left -= 1
+        if self.warm_up_left == 0:
+            steps = compile_warm_up_steps(self.run.config, self.run.device)
+            what = "first step took" if steps == 1 else f"first {steps} steps took"
+            graphs = " and CUDA-graph capture" if steps > 1 else ""
+            self.run.log(f"compile: {what} {self.warm_up_seconds:.1f} s (compilation{graphs}, not counted in img/s)")
 
     def _plan(self, costs: Costs, when: str) -> None:
         """Decide the run's total steps from ``costs`` (rank 0 decides for all), record it, set the next step's lr."""
@@ -202,7 +235,8 @@ class Loop:
         test_acc = self._evaluate(net, loaders.test)["acc"] if config.test_each_epoch and loaders.test else None
         row = {"epoch": p.epoch + 1, "lr": run.training.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                "train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc,
-               "examples_per_sec": seen / p.epoch_seconds if p.epoch_seconds else 0.0, "seconds": p.epoch_seconds}
+               "examples_per_sec": self._epoch_rate(seen, p.epoch_seconds), "seconds": p.epoch_seconds}
+        self.warm_up_in_epoch = (0.0, 0)
         best_changed = p.close_epoch(row, seen)
         if best_changed:
             run.best_weights = {k: v.detach().cpu().clone() for k, v in unwrap(net).state_dict().items()}
@@ -216,6 +250,13 @@ class Loop:
                 f"train acc {train_acc:.3f}" + (f"  val acc {val_acc:.3f}" if val_acc is not None else "")
                 + (f"  test acc {test_acc:.3f}" if test_acc is not None else "")
                 + f"  {row['examples_per_sec']:.0f} img/s  {row['seconds']:.1f} s{skipped}")
+
+    def _epoch_rate(self, seen: int, seconds: float) -> float:
+        """The epoch's training images per second, without its warm-up (compilation) steps where others remain."""
+        warm_seconds, warm_images = self.warm_up_in_epoch
+        if seen > warm_images and seconds > warm_seconds:
+            seen, seconds = seen - warm_images, seconds - warm_seconds
+        return seen / seconds if seconds else 0.0
 
     def _evaluate(self, net: torch.nn.Module, loader) -> dict[str, float]:
         """Accuracy and loss over the whole split: each rank's share, summed exactly over ranks."""
