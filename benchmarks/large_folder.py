@@ -67,7 +67,9 @@ JPEG_BYTES, PNG_BYTES = 0.25, 1.0  # a file's size per decoded byte, for the dis
 
 # Run in a child process with RESNETLAB_CACHE set: decode (or map) the folder as training will, timed inside.
 DECODE = """
-import json, sys, time
+import json, signal, sys, time
+# A process started in the background inherits SIGINT ignored, and Python then keeps it so: Ctrl-C's own handler back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from resnetlab.data import open_dataset
 start = time.perf_counter()
 splits = open_dataset(sys.argv[1], image_size=int(sys.argv[2]))
@@ -422,8 +424,12 @@ def measure_decode(folder: Path, cold_cache: Path, cache: Path, args: argparse.N
           flush=True)
     sig = signal.SIGKILL if args.interrupt == "kill" else signal.SIGINT
     resume = interrupted_decode(folder, args.side, python_env(cache, args.src), args.interrupt_at, sig)
-    print(f"  interrupted decode ({sig.name}): {resume['left'] or 0:,} of {resume['planned'] or 0:,} left, "
-          f"resumed in {resume['seconds']:.1f} s", flush=True)
+    if resume["left"] is None:
+        print(f"  interrupted decode ({sig.name}): it finished before the signal (exit {resume['rc']}); "
+              f"opened again in {resume['seconds']:.1f} s", flush=True)
+    else:
+        print(f"  interrupted decode ({sig.name}): {resume['left']:,} of {resume['planned']:,} left, "
+              f"resumed in {resume['seconds']:.1f} s", flush=True)
     return {"decode_s": cold["seconds"], "images": images, "cache": cache_size, **{f"resume_{k}": v for k, v in resume.items()}}
 
 
