@@ -181,3 +181,19 @@ def test_explain_takes_a_folder_in_chunks(ckpt, tiny_data, tmp_path, capsys, mon
     together = real(clf, pixels)
     apart = torch.cat([real(clf, pixels[i : i + 3]) for i in range(0, 7, 3)])
     assert torch.allclose(together, apart, atol=1e-5)
+
+
+def test_explaining_puts_back_each_submodules_own_mode():
+    """A batch norm the caller froze in eval mode inside a training model stays frozen after stage outputs and Grad-CAM."""
+    from resnetlab.explain import grad_cam
+    from resnetlab.models import create_model
+
+    net = create_model("d2l_resnet18", in_channels=1, num_classes=10).train()
+    frozen = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    frozen.eval()
+    modes = {m: m.training for m in net.modules()}
+    x = torch.rand(2, 1, 32, 32)
+    stage_outputs(net, x)
+    assert {m: m.training for m in net.modules()} == modes
+    grad_cam(net, x)
+    assert {m: m.training for m in net.modules()} == modes

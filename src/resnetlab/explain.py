@@ -26,6 +26,7 @@ from torch import nn
 
 from .data.loader import to_model_input
 from .errors import ResnetlabError
+from .models.probe import evaluating
 
 # The smallest map side (positions) that a default Grad-CAM stage may have.
 MIN_CAM_SIDE = 4
@@ -90,14 +91,12 @@ def stage_outputs(model: nn.Module, x: torch.Tensor) -> list[StageOutput]:
             found.append(StageOutput(name, output.detach().float().cpu(),
                                      f"{type(mod).__name__} output shape:\t {output.shape}"))
         hooks.append(module.register_forward_hook(keep))
-    was_training = model.training
-    model.eval()
     try:
-        model(x)
+        with evaluating(model):
+            model(x)
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     return found
 
 
@@ -111,10 +110,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
     _, module = find_stage(model, stage if stage is not None else default_stage(model, x))
     kept: dict[str, torch.Tensor] = {}
     hook = module.register_forward_hook(lambda mod, inputs, output: kept.update(a=output))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.enable_grad():
+        with evaluating(model), torch.enable_grad():
             # The input asks for gradients so the activations have them even when the weights do not
             # (a frozen backbone); torch.autograd.grad leaves the parameters' .grad untouched.
             logits = model(x.detach().requires_grad_(True)).float()
@@ -124,7 +121,6 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = No
             (gradients,) = torch.autograd.grad(score, activations)
     finally:
         hook.remove()
-        model.train(was_training)
     weights = gradients.float().mean((2, 3), keepdim=True)
     cam = F.relu((weights * activations.detach().float()).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
