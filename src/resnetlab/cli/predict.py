@@ -63,8 +63,8 @@ def predict_command(args: argparse.Namespace) -> int:
 
     with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
         for start in range(0, len(files), PREDICT_CHUNK):
-            chunk, images = [], []
-            for path, image in zip(files[start : start + PREDICT_CHUNK], pool.map(read, files[start : start + PREDICT_CHUNK])):
+            batch, chunk, images = files[start : start + PREDICT_CHUNK], [], []
+            for path, image in zip(batch, pool.map(read, batch)):
                 if isinstance(image, ResnetlabError):
                     print(f"resnetlab predict: error: {image}", file=sys.stderr)
                     failed += 1

@@ -65,7 +65,8 @@ class Loop:
         self.check_every = check_interval(run.device)
         # A compiled model's first steps in this process compile it (and in the CUDA-graph modes record the graphs):
         # they are timed on their own, said on a line of their own and left out of their epoch's img/s.
-        self.warm_up_left = compile_warm_up_steps(config, run.device)
+        self.warm_up_steps = compile_warm_up_steps(config, run.device)
+        self.warm_up_left = self.warm_up_steps
         self.warm_up_seconds = 0.0  # all of this process's warm-up steps, for its line
         self.warm_up_in_epoch = (0.0, 0)  # the seconds and images of the warm-up steps in the epoch under way
         self.planner = None  # a time budget without a plan given (a run repeated from its config.json follows it)
@@ -181,7 +182,7 @@ class Loop:
         self.warm_up_seconds += seconds
         self.warm_up_left -= 1
         if self.warm_up_left == 0:
-            steps = compile_warm_up_steps(self.run.config, self.run.device)
+            steps = self.warm_up_steps
             what = "first step took" if steps == 1 else f"first {steps} steps took"
             graphs = " and CUDA-graph capture" if steps > 1 else ""
             self.run.log(f"compile: {what} {self.warm_up_seconds:.1f} s (compilation{graphs}, not counted in img/s)")
