@@ -160,6 +160,8 @@ class FakeClock:
 # a signal ("send") or writes a marker file and waits until a signal arrives ("wait", for a test that
 # sends the signal itself, to the child or to torchrun). Either way the signal lands while the run
 # has steps left, whatever the machine's speed: a broken signal path fails instead of finishing first.
+# "pause" writes the marker and waits until the file TEST_RELEASE exists, then trains on to the end:
+# a run that is certainly alive, mid-way, while the test does something beside it.
 SIGNAL_CHILD = """
 import os, signal, sys, threading
 import resnetlab.engine.stop as stop
@@ -181,6 +183,12 @@ def save(*args, **kwargs):
     if saves == after:
         if mode == "send":
             os.kill(os.getpid(), int(os.environ["TEST_SIGNAL"]))
+        elif mode == "pause":
+            import time
+            open(os.environ["TEST_MARKER"], "w").close()
+            deadline = time.monotonic() + 300
+            while not os.path.exists(os.environ["TEST_RELEASE"]) and time.monotonic() < deadline:
+                time.sleep(0.02)
         else:
             open(os.environ["TEST_MARKER"], "w").close()
             received.wait(120)
@@ -190,23 +198,29 @@ run()
 """
 
 
-def signal_child_env(after_saves: int, *, send: int | None = None, marker: Path | None = None) -> dict[str, str]:
-    """The environment that makes :data:`SIGNAL_CHILD` send ``send`` after its save, or write ``marker`` and wait."""
+def signal_child_env(after_saves: int, *, send: int | None = None, marker: Path | None = None,
+                     release: Path | None = None) -> dict[str, str]:
+    """The environment that makes :data:`SIGNAL_CHILD` send ``send`` after its save, or write ``marker`` and wait
+    (for a signal, or with ``release`` until that file exists)."""
     import os
 
-    mode = {"TEST_MODE": "send", "TEST_SIGNAL": str(int(send))} if send is not None else \
-        {"TEST_MODE": "wait", "TEST_MARKER": str(marker)}
+    if send is not None:
+        mode = {"TEST_MODE": "send", "TEST_SIGNAL": str(int(send))}
+    elif release is not None:
+        mode = {"TEST_MODE": "pause", "TEST_MARKER": str(marker), "TEST_RELEASE": str(release)}
+    else:
+        mode = {"TEST_MODE": "wait", "TEST_MARKER": str(marker)}
     return {**os.environ, "TEST_AFTER_SAVES": str(after_saves), **mode}
 
 
 def train_child(args: list[str], after_saves: int, *, send: int | None = None, marker: Path | None = None,
-                env: dict | None = None):
+                release: Path | None = None, env: dict | None = None):
     """``resnetlab train ARGS`` as :data:`SIGNAL_CHILD` (see there), stdout and stderr piped."""
     import subprocess
     import sys
 
     return subprocess.Popen([sys.executable, "-c", SIGNAL_CHILD, "train", *args],
-                            env={**signal_child_env(after_saves, send=send, marker=marker), **(env or {})},
+                            env={**signal_child_env(after_saves, send=send, marker=marker, release=release), **(env or {})},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

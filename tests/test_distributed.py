@@ -146,3 +146,73 @@ def test_sigterm_to_torchrun_saves_and_all_ranks_resume_exactly(tiny_data, tmp_p
     assert "resuming d2l_resnet18" in out and "x 2 processes" in out and "images streamed batch by batch" in out
     a, b = load_file(str(tmp_path / "whole" / "last.safetensors")), load_file(str(run / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # same topology, same bits
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def two_nodes(args: list[str], cwds: list[Path], *, script: Path | None = None,
+              env0: dict | None = None) -> list[subprocess.Popen]:
+    """Two torchrun "nodes" of one process each (``--nnodes 2 --node_rank 0|1``, rendezvous on 127.0.0.1), each
+    started in its own working directory, as on two machines; ``script``/``env0`` only on node 0."""
+    port = _free_port()
+    procs = []
+    for rank, cwd in enumerate(cwds):
+        cwd.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **((env0 or {}) if rank == 0 else {}), "OMP_NUM_THREADS": "1"}
+        program = [str(script)] if script is not None and rank == 0 else ["-m", "resnetlab"]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
+             "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), *program, "train", *args],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.mark.slow
+def test_two_nodes_train_what_one_process_trains_and_resume_after_sigterm(tiny_data, tmp_path):
+    # What must be shared between machines is the data and the run folder (absolute paths here); the working
+    # directories are not: node 1's must stay empty, since only global rank 0 writes.
+    args = ["--data", str(tiny_data), "--preset", "cpu", "--model", "d2l_resnet18", "--sync-bn", "--seed", "3",
+            "--batch-size", "64", "--lr", "0.01", "--precision", "fp64", "--no-channels-last", "--val-split", "100",
+            "--limit-train", "320", "--limit-test", "64", "--epochs", "2", "--device", "cpu", "--time-budget", "0"]
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    procs = two_nodes([*args, "--out", str(tmp_path / "two")], nodes)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert "x 2 processes" in outs[0][0] and outs[1][0].strip() == ""  # node 1 prints nothing: rank 0 speaks for all
+    assert list(nodes[1].iterdir()) == []
+    for name, threads in (("one", "1"), ("one-2-threads", "2")):
+        ref = single(*args, "--out", str(tmp_path / name), threads=threads)
+        assert ref.returncode == 0, ref.stderr
+    one, two, floor = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("one", "two", "one-2-threads"))
+    measured_floor = _worst_relative_difference(one, floor)
+    assert 0 < measured_floor < 1e-9
+    assert _worst_relative_difference(one, two) <= 10 * measured_floor
+    ra, rb = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    assert ra["test_acc"] == rb["test_acc"] and ra["best_val_acc"] == rb["best_val_acc"]
+
+    # SIGTERM to both nodes' torchrun, as a scheduler ends a job; then both resume from the shared run folder.
+    run = tmp_path / "stopped"
+    script, marker = tmp_path / "signal_child.py", tmp_path / "saved"
+    script.write_text(SIGNAL_CHILD)
+    nodes = [tmp_path / "again0", tmp_path / "again1"]
+    procs = two_nodes([*args, "--save-every", "2", "--out", str(run)], nodes, script=script,
+                      env0=signal_child_env(1, marker=marker))
+    wait_for(marker, procs[0])
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode != 0 for p in procs) and "SIGTERM received: finishing the current step" in outs[0][0]
+    assert not (run / "results.json").exists()
+    procs = two_nodes(["--resume", str(run)], nodes)
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert "resuming d2l_resnet18" in outs[0][0] and "x 2 processes" in outs[0][0]
+    assert list(nodes[1].iterdir()) == []
+    a, b = load_file(str(tmp_path / "two" / "last.safetensors")), load_file(str(run / "last.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same two nodes, stopped and resumed: the same bits

@@ -19,6 +19,7 @@ from ..data.feed import FEEDS, choose_feed
 from ..evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
 from ..explain import as_seen, grad_cam
 from ..fileio import make_folder, write_text
+from ..locks import writing_near_run
 from ..log import Log
 from ..pictures import save_confusion, save_explanation_sheet, save_image_grid
 from ..runtime import resolve_device
@@ -72,44 +73,47 @@ def evaluate_checkpoint(
     images reach the model (data/feed.py); the figures are the same either way.
     """
     checkpoint = Path(checkpoint)
-    model, header = load_model(checkpoint)
-    test, folder, split = load_test_split(data, header)
-    note = compare_with_training(test, folder, split, header)
-    out_dir = make_folder(out if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}")
-    dev = resolve_device(device)
-    prec = scoring_precision(header, dev, precision)
-    fed = choose_feed(test.nbytes, dev, feed)
-    logits = split_logits(model, header, test, device=dev, precision=prec, tta=tta, batch_size=batch_size,
-                          stream=fed.stream)
-    report = make_report(
-        logits, test, header, mistakes=mistakes, checkpoint=str(checkpoint), data=str(folder), split=split,
-        # By the fingerprint in the checkpoint's header (None: a checkpoint written before they were kept).
-        same_images_as_training=note is None if header.data.get(split) else None,
-        tta=tta, precision=prec.name, device=str(dev),
-    )
-    write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
-    names = header.class_names
-    save_confusion(out_dir / "confusion.png", torch.tensor(report["confusion"]), names,
-                   title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
-    worst = torch.tensor([m["index"] for m in report["mistakes"]], dtype=torch.long)
-    if len(worst):
-        pixels = test.gather(worst)  # only these images are read, however large the split
-        titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
-        if explain:  # what the model looked at for the class it wrongly chose
-            model.float().to(memory_format=torch.contiguous_format)
-            x = header.preprocess(pixels.to(dev)).float()
-            predicted = torch.tensor([names.index(m["predicted"]) for m in report["mistakes"]], device=dev)
-            heatmaps, _ = grad_cam(model, x, predicted)
-            shown = as_seen(pixels, header.preprocess.size)
-            save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
-                                   title_colors=["firebrick"] * len(worst))
+    out_dir = Path(out) if out is not None else checkpoint.parent / f"eval-{checkpoint.stem}"
+    # Into a run's folder (the default) only while no other process writes there: a run still training is named.
+    with writing_near_run(out_dir / "report.json", "resnetlab eval"):
+        model, header = load_model(checkpoint)
+        test, folder, split = load_test_split(data, header)
+        note = compare_with_training(test, folder, split, header)
+        make_folder(out_dir)
+        dev = resolve_device(device)
+        prec = scoring_precision(header, dev, precision)
+        fed = choose_feed(test.nbytes, dev, feed)
+        logits = split_logits(model, header, test, device=dev, precision=prec, tta=tta, batch_size=batch_size,
+                              stream=fed.stream)
+        report = make_report(
+            logits, test, header, mistakes=mistakes, checkpoint=str(checkpoint), data=str(folder), split=split,
+            # By the fingerprint in the checkpoint's header (None: a checkpoint written before they were kept).
+            same_images_as_training=note is None if header.data.get(split) else None,
+            tta=tta, precision=prec.name, device=str(dev),
+        )
+        write_text(out_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        names = header.class_names
+        save_confusion(out_dir / "confusion.png", torch.tensor(report["confusion"]), names,
+                       title=f"{checkpoint.name}: test acc {report['accuracy']:.4f}")
+        worst = torch.tensor([m["index"] for m in report["mistakes"]], dtype=torch.long)
+        if len(worst):
+            pixels = test.gather(worst)  # only these images are read, however large the split
+            titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
+            if explain:  # what the model looked at for the class it wrongly chose
+                model.float().to(memory_format=torch.contiguous_format)
+                x = header.preprocess(pixels.to(dev)).float()
+                predicted = torch.tensor([names.index(m["predicted"]) for m in report["mistakes"]], device=dev)
+                heatmaps, _ = grad_cam(model, x, predicted)
+                shown = as_seen(pixels, header.preprocess.size)
+                save_explanation_sheet(out_dir / "mistakes.png", shown, heatmaps, titles, num_cols=8,
+                                       title_colors=["firebrick"] * len(worst))
+            else:
+                save_image_grid(out_dir / "mistakes.png", pixels, titles, title_colors=["firebrick"] * len(worst))
         else:
-            save_image_grid(out_dir / "mistakes.png", pixels, titles, title_colors=["firebrick"] * len(worst))
-    else:
-        (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
-    log(f"{split} acc {report['accuracy']:.4f}")
-    log(format_table(report))
-    log(f"{report['count']:,} {split} images from {folder} ({fed.reason}); report.json, confusion.png, mistakes.png in {out_dir}")
-    if note:
-        log(note)
-    return report
+            (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
+        log(f"{split} acc {report['accuracy']:.4f}")
+        log(format_table(report))
+        log(f"{report['count']:,} {split} images from {folder} ({fed.reason}); report.json, confusion.png, mistakes.png in {out_dir}")
+        if note:
+            log(note)
+        return report

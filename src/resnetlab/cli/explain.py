@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..classifier import load
 from ..errors import ResnetlabError
 from ..fileio import make_folder
+from ..locks import writing_near_run
 from ..explain import StageOutput, as_seen, default_stage, find_stage, stage_outputs
 from ..images import find_images, read_image
 from ..log import Log
@@ -50,7 +51,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 def maps_command(args: argparse.Namespace) -> int:
     """Draw the input and each stage's strongest channels in one PNG."""
     size = parse_input_size(args.input_size) if args.input_size else None
-    save_maps(args.source, args.image, args.out, input_size=size)
+    with writing_near_run(args.out, "resnetlab maps"):  # not into the folder of a run that is still training
+        save_maps(args.source, args.image, args.out, input_size=size)
     return 0
 
 
@@ -58,7 +60,8 @@ def explain_command(args: argparse.Namespace) -> int:
     """Grad-CAM for each image: one PNG per image, and sheet.png for several."""
     if args.top_k < 1:
         raise ResnetlabError(f"--top-k {args.top_k} must be at least 1")
-    explain_files(args.checkpoint, args.images, args.out, target=args.target, stage=args.stage, top_k=args.top_k)
+    with writing_near_run(Path(args.out) / "sheet.png", "resnetlab explain"):
+        explain_files(args.checkpoint, args.images, args.out, target=args.target, stage=args.stage, top_k=args.top_k)
     return 0
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..export import CHECK_BATCHES, FORMATS, check_pixels, export_model
+from ..locks import writing_near_run
 from ..log import Log
 from ..weights import load_model
 
@@ -49,7 +50,8 @@ def export_checkpoint(checkpoint: str | os.PathLike[str], fmt: str = "onnx", out
     target = Path(out) if out is not None else checkpoint.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
     if not target.parent.is_dir():
         raise ResnetlabError(f"--out {target}: the folder {target.parent} does not exist; create it or choose another")
-    gap = export_model(model, header, fmt, target, pixels=check_pixels(header, data, log), opset=opset)
+    with writing_near_run(target, "resnetlab export"):  # not into the folder of a run that is still training
+        gap = export_model(model, header, fmt, target, pixels=check_pixels(header, data, log), opset=opset)
     log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB); matches PyTorch at batch sizes "
         f"{' and '.join(map(str, CHECK_BATCHES))} (largest probability gap {gap:.1e}, same top-1)")
     return target

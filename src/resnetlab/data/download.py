@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import ResnetlabError
 from ..fileio import atomic_path, make_folder
+from ..locks import exclusive_lock
 from .imageset import DataError
 
 DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -89,6 +90,13 @@ def download_fashion_mnist(
     if retries < 1:
         raise DataError(f"--retries {retries} must be at least 1 (the number of tries per file)")
     folder = make_folder(target, flag=None)
+    # A second download into the same folder waits for the first, then finds its files present.
+    with exclusive_lock(folder):  # the folder itself: no lock file among the data
+        return _download_into(folder, base_url, retries, timeout, log)
+
+
+def _download_into(folder: Path, base_url: str, retries: int, timeout: float, log) -> Path:
+    """The four files into ``folder``, the download's lock held (see :func:`download_fashion_mnist`)."""
     base = base_url if base_url.endswith("/") else base_url + "/"
     for name, expected in CONTENT_SHA256.items():
         final = folder / name

@@ -25,7 +25,6 @@ Large folders show a progress bar on a terminal and a line every 10 s or 10 % in
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path
+from ..locks import exclusive_lock
 from ..images import GRAY_MODES, ImageError, probe_image, read_image
 from ..log import progress_bar
 from .imageset import ImageSet
@@ -140,7 +140,7 @@ def read_split(
     found = _lookup(folder, image_size, channels, listing)
     if found is not None:
         return found
-    with _lock(cache_dir() / f".{_cache_key(folder, image_size, channels)}.lock"):
+    with exclusive_lock(cache_dir() / f".{_cache_key(folder, image_size, channels)}.lock"):
         # Another process (a torchrun rank, say) may have decoded it while this one waited for the lock.
         found = _lookup(folder, image_size, channels, listing)
         if found is not None:
@@ -168,27 +168,6 @@ def _cache_path(folder: Path, image_size: int, channels: int, listing: str) -> P
 
 def _alias_path(folder: Path, image_size: int | None, channels: int | None) -> Path:
     return cache_dir() / f"{_cache_key(folder, image_size, channels)}.json"
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """Hold an exclusive lock on the file ``path`` for the block; where none can be had (no cache folder, no fcntl), go on without."""
-    try:
-        import fcntl
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except (ImportError, OSError):
-        fd = None
-    if fd is None:
-        yield
-        return
-    try:
-        with contextlib.suppress(OSError):  # a file system without locks: decode as before, each process its own
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def _read_alias(path: Path, listing: str) -> tuple[int, int] | None:

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ResnetlabError
 from ..fileio import make_folder, write_text
+from ..locks import RunLock
 from ..log import Log, warn_stderr
 from ..weights import WeightsHeader, save_weights
 from .distributed import Dist
@@ -58,24 +59,33 @@ def default_run_dir(model_name: str) -> Path:
     return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{safe}"
 
 
-def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -> Path:
-    """Create the run folder (refusing one that already holds a run); point ``runs/latest`` at it.
+def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -> tuple[Path, RunLock]:
+    """Create the run folder and take its lock (refusing a folder in use, or one that already holds a run); point
+    ``runs/latest`` at it. The caller releases the lock when the run ends.
 
     ``runs/latest`` is only ever replaced when it is the link this function made: a real folder
     of that name (an earlier ``--out runs/latest``, say) is left alone, with a warning.
     """
     run_dir = Path(out) if out else default_run_dir(model_name)
-    if (run_dir / "config.json").exists():
+    make_folder(run_dir)
+    lock = RunLock.acquire(run_dir)  # a live run in this folder is named here
+    if (run_dir / "config.json").exists():  # checked under the lock: two runs starting at once cannot both pass
+        lock.release()
         raise ResnetlabError(
             f"--out {run_dir} already holds a run; choose another folder, or continue it with --resume {run_dir}"
         )
-    make_folder(run_dir)
+    _point_latest(run_dir, out, warn)
+    return run_dir, lock
+
+
+def _point_latest(run_dir: Path, out: str | None, warn: Log) -> None:
+    """Point ``runs/latest`` at ``run_dir`` when it was named by default (see :func:`prepare_run_dir`)."""
     if out is None:
         link = run_dir.parent / "latest"
         if link.exists() and not link.is_symlink():
             warn(f"warning: {link} is not the link to the latest run but a {'folder' if link.is_dir() else 'file'} "
                  f"of its own; left as it is (this run is {run_dir}, --resume needs its name)")
-            return run_dir
+            return
         tmp = run_dir.parent / f".latest.{run_dir.name}"
         try:
             tmp.unlink(missing_ok=True)
@@ -84,7 +94,6 @@ def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             warn(f"warning: cannot point {link} at this run ({exc.strerror}); it is {run_dir}")
-    return run_dir
 
 
 def follow_link(path: Path) -> Path:
@@ -93,16 +102,25 @@ def follow_link(path: Path) -> Path:
 
 
 class RunFolder:
-    """A run's folder; only rank 0 writes (on the other ranks every write does nothing)."""
+    """A run's folder; only rank 0 writes (on the other ranks every write does nothing).
 
-    def __init__(self, path: Path, writes: bool) -> None:
-        self.path, self.writes = path, writes
+    ``lock``: the folder's lock when this object took it (a new run's rank 0), given back by :meth:`release`.
+    """
+
+    def __init__(self, path: Path, writes: bool, lock: RunLock | None = None) -> None:
+        self.path, self.writes, self.lock = path, writes, lock
 
     @classmethod
     def create(cls, out: str | None, model_name: str, dist: Dist, warn: Log = warn_stderr) -> "RunFolder":
-        """Rank 0 creates the folder (see :func:`prepare_run_dir`); every rank learns its path."""
-        path = prepare_run_dir(out, model_name, warn) if dist.is_main else None
-        return cls(Path(dist.broadcast_text(str(path) if path is not None else None)), dist.is_main)
+        """Rank 0 creates the folder and takes its lock (see :func:`prepare_run_dir`); every rank learns its path."""
+        path, lock = prepare_run_dir(out, model_name, warn) if dist.is_main else (None, None)
+        return cls(Path(dist.broadcast_text(str(path) if path is not None else None)), dist.is_main, lock)
+
+    def release(self) -> None:
+        """Give the folder's lock back, if this object took it (the run has ended, or failed to start)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..fileio import remove_stale_temporaries, write_text
+from ..locks import RunLock
 from ..log import Log
 from ..models.registry import CUSTOM_PREFIX, custom_model_name, is_custom
 from ..runtime import is_out_of_memory
@@ -83,13 +84,19 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *,
     check_module(given.model, model, run_dir)
     if state is None:
         check_init_file(given)  # a run that never saved starts over, from its --init file again
-    if env_rank() == 0:  # under torchrun only rank 0 writes
-        if overrides:
-            kept = {k: v for k, v in recorded.to_dict().items() if k != "out"}  # config.json's fields, changed
-            write_text(run_dir / "config.json", json.dumps(kept, indent=2) + "\n")
-        remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
-    result = _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state, module=model), started=started,
-                    clock=clock, watch=watch)
+    # Under torchrun only rank 0 writes, and holds the folder: a second process (the run still alive) is refused here.
+    lock = RunLock.acquire(run_dir) if env_rank() == 0 else None
+    try:
+        if lock is not None:
+            if overrides:
+                kept = {k: v for k, v in recorded.to_dict().items() if k != "out"}  # config.json's fields, changed
+                write_text(run_dir / "config.json", json.dumps(kept, indent=2) + "\n")
+            remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
+        result = _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state, module=model), started=started,
+                        clock=clock, watch=watch)
+    finally:
+        if lock is not None:
+            lock.release()
     return _give_back(result, model)
 
 
@@ -136,3 +143,5 @@ def _train(given: TrainConfig, make: Callable[[], Run], *, watch: Watch | None, 
         if not is_out_of_memory(exc):
             raise
         raise out_of_memory(exc, run.device, run.config.batch_size, run.folder / STATE_FILE) from None
+    finally:
+        run.folder.release()  # a new run's lock, however it ended (resume() holds and releases its own)

@@ -121,15 +121,19 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
         if not is_out_of_memory(exc):
             raise
         raise out_of_memory(exc, device, config.batch_size, run_dir / STATE_FILE if state is not None else None) from None
-    # Only now, with everything built, does a new run get a folder: a bad flag or file leaves nothing behind.
-    if run_dir is not None:
-        folder = RunFolder(run_dir, dist.is_main)
-    else:
-        folder = RunFolder.create(out, config.model, dist, warn=warn_stderr)
-        folder.write_text("config.json", config.to_json())
     # The training images' intensity, overall and on the border (a strided sample of at most 10,000 images): a
     # photo whose background is the other way round is warned of at prediction (photo.py).
     pixel_mean, border_mean = intensity_stats(train)
+    # Only now, with everything built, does a new run get a folder: a bad flag or file leaves nothing behind.
+    if run_dir is not None:
+        folder = RunFolder(run_dir, dist.is_main)  # resume() holds its lock
+    else:
+        folder = RunFolder.create(out, config.model, dist, warn=warn_stderr)  # rank 0 takes its lock
+        try:
+            folder.write_text("config.json", config.to_json())
+        except BaseException:
+            folder.release()  # the run never started: the folder is free again
+            raise
     preprocess = Preprocess(
         channels=int(train.shape[1]), size=config.image_size,
         # The side the images had before the loader's resize: new images are first brought to it the way the
