@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--src", default=None, help="run this src folder's resnetlab instead (a before/after comparison)")
     args = parser.parse_args()
     print(describe("cpu"))
-    from resnetlab.runtime import cpu_has_native_bf16
+    from resnetlab.util.runtime import cpu_has_native_bf16
 
     peak = matmul_gflops(torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     print(f"precision auto: {'bf16' if cpu_has_native_bf16() else 'fp32'}; 2048^3 matmul in it: {peak:.0f} GFLOP/s\n")

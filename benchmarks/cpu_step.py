@@ -29,10 +29,10 @@ from machine import cpu_flags, describe  # noqa: E402
 
 from resnetlab.engine import from_preset  # noqa: E402
 from resnetlab.engine.initialize import build_model  # noqa: E402
-from resnetlab.engine.recipe import with_base_defaults  # noqa: E402
-from resnetlab.engine.optim import make_optimizer, make_scheduler  # noqa: E402
-from resnetlab.runtime import cpu_has_native_bf16, resolve_precision  # noqa: E402
-from resnetlab.engine.steps import Training  # noqa: E402
+from resnetlab.config import with_base_defaults  # noqa: E402
+from resnetlab.engine.schedule import make_optimizer, make_scheduler  # noqa: E402
+from resnetlab.util.runtime import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from resnetlab.engine.step import Training  # noqa: E402
 from resnetlab.models.small_maps import use_small_map_products  # noqa: E402
 
 MACS = 33.0e6  # conv and linear MACs of the seed's net per 28 px image (resnetlab summary d2l_resnet18 --input-size 1,1,28,28)

@@ -162,11 +162,11 @@ def fast_step(args, compile_mode: str | None = None) -> dict[str, Any]:
     from torch import nn
 
     from resnetlab.engine.initialize import build_model
-    from resnetlab.engine.recipe import with_base_defaults
-    from resnetlab.engine.optim import make_optimizer, make_scheduler
-    from resnetlab.runtime import resolve_precision
-    from resnetlab.engine.steps import Training
-    from resnetlab.summarize import summary
+    from resnetlab.config import with_base_defaults
+    from resnetlab.engine.schedule import make_optimizer, make_scheduler
+    from resnetlab.util.runtime import resolve_precision
+    from resnetlab.engine.step import Training
+    from resnetlab.models.summary import summary
 
     device = torch.device(args.device)
     config = with_base_defaults(from_preset("fast"))

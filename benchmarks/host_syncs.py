@@ -1,8 +1,8 @@
 """Training steps under ``torch.cuda.set_sync_debug_mode("error")``: whether the host waits for the device in a step.
 
 Issue 20's first goal: a whole epoch of steps runs without a host sync except at the points the
-README names, the step guard's reading of its flags every ``CHECK_EVERY`` steps (and at the
-epoch's last step) and the epoch's end. :func:`syncs_are_errors` patches the training loop so
+README names, the check points every ``CHECK_EVERY`` steps (and at the epoch's last step: the
+step guard's reading of its flags, the hooks' ``at_check``) and the epoch's end. :func:`syncs_are_errors` patches the training loop so
 that every epoch's steps (``Loop._train_epoch``) run in error mode, and only those points (and
 the compile warm-up's own timing) run with it off; a sync anywhere else raises a RuntimeError
 ("called a synchronizing CUDA operation") whose traceback says where (:func:`where_synced`).
@@ -20,12 +20,14 @@ from typing import Callable, Iterator
 import torch
 
 import resnetlab
-from resnetlab.engine.steps import StepGuard
-from resnetlab.engine.train import Loop
+from resnetlab.engine.hooks import CompileTiming, TimeBudget
+from resnetlab.engine.loop import Loop
 
-# The loop's own points where it may wait for the device: the guard's reading, its explicit waits (the epoch's end,
-# the time budget's timing), saving and planning, and the timing of the compile warm-up steps.
-ALLOWED = ((StepGuard, "read"), (Loop, "_sync"), (Loop, "_save_state"), (Loop, "_plan"), (Loop, "_warmed_up"))
+# The loop's own points where it may wait for the device: its check points (the guard's reading, a stop, the hooks'
+# at_check), its explicit waits (the epoch's end, the time budget's timing), saving and planning, and the timing of
+# the compile warm-up steps.
+ALLOWED = ((Loop, "_check"), (Loop, "sync"), (Loop, "save_state"), (TimeBudget, "_plan"), (CompileTiming, "on_epoch_start"),
+           (CompileTiming, "after_step"))
 
 
 def _in_mode(mode: str, method: Callable) -> Callable:

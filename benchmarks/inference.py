@@ -1,6 +1,6 @@
 """Inference speed on this CPU: PyTorch eager (fp32, bf16), torch.compile and onnxruntime, batch 1 and 256.
 
-Each row runs the same exported graph (``resnetlab.export.Deployable``: standardisation,
+Each row runs the same exported graph (``resnetlab.inference.export.Deployable``: standardisation,
 model, softmax) on random pixels of the model's input size, in eval mode, under
 ``torch.inference_mode``; the figure is images per second over a timed stretch after warm-up
 (best of three stretches, as the machine's speed drifts). Run it alone: anything else on the CPU
@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
-from resnetlab.export import Deployable  # noqa: E402
+from resnetlab.inference.export import Deployable  # noqa: E402
 from resnetlab.models import create_model  # noqa: E402
 
 

@@ -72,7 +72,7 @@ import json, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from resnetlab.data import open_dataset
 start = time.perf_counter()
-splits = open_dataset(sys.argv[1], image_size=int(sys.argv[2]))
+splits = open_dataset(sys.argv[1], image_size=int(sys.argv[2]), channels=None, val_split=0, val_fraction=0.02, seed=0)
 seconds = time.perf_counter() - start
 print(json.dumps({"seconds": seconds, "train": len(splits.train), "val": len(splits.val)}))
 """

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from resnetlab.engine import TrainConfig, fit  # noqa: E402
-from resnetlab.runtime import cpu_has_native_bf16  # noqa: E402
+from resnetlab.util.runtime import cpu_has_native_bf16  # noqa: E402
 
 
 def images_per_sec(image_size: int, precision: str, channels_last: bool, limit_train: int) -> float:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import describe  # noqa: E402
 
 from resnetlab.engine import PRESETS, TrainConfig, fit  # noqa: E402
-from resnetlab.engine.recipe import batch_for  # noqa: E402
+from resnetlab.config.rules import batch_for  # noqa: E402
 
 RECIPES = ("before", "after", "after-sqrt")
 

@@ -25,10 +25,10 @@ from machine import describe  # noqa: E402
 
 from resnetlab.engine import from_preset  # noqa: E402
 from resnetlab.engine.initialize import build_model  # noqa: E402
-from resnetlab.engine.recipe import with_base_defaults  # noqa: E402
-from resnetlab.engine.optim import make_optimizer, make_scheduler  # noqa: E402
-from resnetlab.runtime import resolve_precision  # noqa: E402
-from resnetlab.engine.steps import Training  # noqa: E402
+from resnetlab.config import with_base_defaults  # noqa: E402
+from resnetlab.engine.schedule import make_optimizer, make_scheduler  # noqa: E402
+from resnetlab.util.runtime import resolve_precision  # noqa: E402
+from resnetlab.engine.step import Training  # noqa: E402
 
 
 def main() -> None:

@@ -293,8 +293,8 @@ from pathlib import Path
 
 from resnetlab.data.fashion_mnist import load_split, resolve_data_dir
 from resnetlab.data.loader import to_model_input
-from resnetlab.explain import as_seen, stage_outputs
-from resnetlab.pictures import save_stage_maps
+from resnetlab.inference.explain import as_seen, stage_outputs
+from resnetlab.util.pictures import save_stage_maps
 
 test = load_split(resolve_data_dir(), "test")
 pictures = Path(tempfile.mkdtemp())
@@ -393,7 +393,7 @@ print(f"{'':22s} {'epochs':>6s} {'best val':>8s} {'test':>6s}")
 for name, r in (("original (post-act)", fast), ("pre-activation", preact)):
     print(f"{name:22s} {len(r.history):6d} {r.best_val_acc:8.3f} {r.test_acc:6.3f}")
 
-from resnetlab.pictures import figure, save_figure
+from resnetlab.util.pictures import figure, save_figure
 
 fig = figure(6.5, 2.6)
 for i, key in enumerate(("train_loss", "val_acc")):
@@ -451,8 +451,8 @@ print(f"{sum(p.numel() for p in blk.parameters()):,} parameters "
 the last stage whose maps are at least 4x4 (b3 at 28 px).
 """),
     code("""
-from resnetlab.explain import as_seen
-from resnetlab.pictures import save_explanation_sheet
+from resnetlab.inference.explain import as_seen
+from resnetlab.util.pictures import save_explanation_sheet
 
 images = test.images[:12]
 heatmaps = trained.explain(images)
@@ -489,7 +489,7 @@ after = trained.predict([photo], invert=True, center=True)[0]
 print(f"as taken: {before.label} {before.prob:.2f}; with invert and center: {after.label} {after.prob:.2f}; "
       f"truly {test.class_names[int(test.labels[1])]}")
 
-from resnetlab.pictures import figure, save_figure
+from resnetlab.util.pictures import figure, save_figure
 
 fig = figure(7.5, 2.6)
 panels = [("the photo", photo[0].float()), ("the model's input, as taken", trained.prepare([photo])[0, 0]),

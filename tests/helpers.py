@@ -62,6 +62,16 @@ def write_fashion_mnist(folder: Path, n_train: int = 600, n_test: int = 200) -> 
     return folder
 
 
+def read_folder(root, **fields):
+    """``load_class_folder(root)`` as a run reads it: the recipe's side rule and base defaults for what ``fields`` leave out."""
+    from resnetlab.config import BASE_DEFAULTS, folder_side
+    from resnetlab.data.folder import load_class_folder
+
+    choices = dict(image_size=None, channels=None, val_fraction=BASE_DEFAULTS["val_fraction"], seed=BASE_DEFAULTS["seed"],
+                   side_rule=folder_side)
+    return load_class_folder(root, **{**choices, **fields})
+
+
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -165,7 +175,7 @@ class FakeClock:
 SIGNAL_CHILD = """
 import os, signal, sys, threading
 import resnetlab.engine.stop as stop
-import resnetlab.engine.train as train
+import resnetlab.engine.loop as train
 from resnetlab.cli import run
 
 after, mode = int(os.environ["TEST_AFTER_SAVES"]), os.environ["TEST_MODE"]

@@ -18,14 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import resnetlab.engine.train as train_module
+import resnetlab.engine.loop as train_module
 from helpers import FakeClock, plain_config
 from resnetlab.engine import TrainConfig, fit, resume
 from resnetlab.engine.budget import Costs, affordable_steps, estimated_costs, measure_until
-from resnetlab.engine.config import load_config_file
-from resnetlab.engine.optim import lr_factor
-from resnetlab.engine.recipe import with_base_defaults
-from resnetlab.engine.steps import Training
+from resnetlab.config import load_config_file
+from resnetlab.engine.schedule import lr_factor
+from resnetlab.config import with_base_defaults
+from resnetlab.engine.step import Training
 from resnetlab.errors import ResnetlabError, TrainingStopped
 
 # --- the planner, a pure function ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from torch import nn
 import resnetlab
 from helpers import PLAIN, one_line_error
 from resnetlab.engine import TrainConfig, fit, resume
-from resnetlab.engine.steps import Training
+from resnetlab.engine.step import Training
 from resnetlab.errors import ResnetlabError, TrainingStopped
 
 quiet = lambda line: None  # noqa: E731
@@ -151,7 +151,7 @@ def test_a_module_that_does_not_fit_the_data_is_refused_before_training(module, 
 
 def test_a_module_trains_exactly_as_the_registered_model_it_equals(tiny_data, tmp_path):
     """The custom path is the registry path: the same network with the same initial weights ends bit for bit the same."""
-    from resnetlab.runtime import seed_everything
+    from resnetlab.util.runtime import seed_everything
 
     run = dict(fields(tiny_data, tmp_path, deterministic=True), preset="cpu", epochs=1)
     registered = resnetlab.train(**{**run, "model": "d2l_resnet18", "out": str(tmp_path / "registered")})

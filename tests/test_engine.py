@@ -10,11 +10,11 @@ from torch import nn
 
 from resnetlab.engine import TrainConfig, fit, from_preset
 from resnetlab.weights import load_model, read_header
-from resnetlab.engine.config import load_config_file, validate
+from resnetlab.config import load_config_file, validate
 from resnetlab.engine.metrics import COLUMNS
-from resnetlab.engine.optim import lr_factor, make_optimizer
+from resnetlab.engine.schedule import lr_factor, make_optimizer
 from resnetlab.engine.initialize import build_model
-from resnetlab.engine.recipe import with_base_defaults
+from resnetlab.config import with_base_defaults
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import D2LResNet
 from helpers import plain_config
@@ -55,7 +55,7 @@ def test_loss_falls_on_512_images(real_data, tmp_path):
 
 def test_recalibrated_statistics_are_the_average_of_the_batch_statistics():
     from resnetlab.engine.recalibrate import recalibrate_batchnorm
-    from resnetlab.runtime import Precision
+    from resnetlab.util.runtime import Precision
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
@@ -265,7 +265,7 @@ def test_resnetlab_train_prints_lines_outside_a_notebook(tiny_data, tmp_path, ca
 
 @pytest.mark.slow
 def test_resnetlab_train_in_a_notebook_redraws_one_figure(tiny_data, tmp_path, monkeypatch):
-    import resnetlab.training as training
+    import resnetlab.api as training
 
     shown = []
 
@@ -278,7 +278,7 @@ def test_resnetlab_train_in_a_notebook_redraws_one_figure(tiny_data, tmp_path, m
         shown.append(("display", image))
         return Handle()
 
-    made, real = [], training.LiveCurves
+    made, real = [], training.live_curves
 
     def live(title):
         curves = real(title, display=display, image=lambda data: data)
@@ -286,7 +286,7 @@ def test_resnetlab_train_in_a_notebook_redraws_one_figure(tiny_data, tmp_path, m
         return curves
 
     monkeypatch.setattr(training, "in_notebook", lambda: True)
-    monkeypatch.setattr(training, "LiveCurves", live)
+    monkeypatch.setattr(training, "live_curves", live)
     training.train(data=str(tiny_data), model="resnet18", image_size=28, val_split=100, limit_train=100,
                    batch_size=50, epochs=2, lr=0.02, precision="fp32", time_budget=0.0, out=str(tmp_path / "run"))
     assert len(made) == 1 and [kind for kind, _ in shown] == ["display", "update"]  # one figure, redrawn in place
@@ -304,7 +304,7 @@ def test_an_unknown_preset_from_the_library_is_the_command_lines_one_line_error(
 
 
 def test_the_fashion_mnist_presets_fit_their_batch_lr_and_warmup_to_a_subset():
-    from resnetlab.engine.recipe import fit_preset_to_data
+    from resnetlab.config.rules import fit_preset_to_data
 
     assert fit_preset_to_data("cpu", 55_000, 8, set()) == ({}, None)  # the data the preset was chosen on: as it is
     changes, line = fit_preset_to_data("cpu", 6_000, 2, set())
@@ -354,9 +354,9 @@ def test_the_resolved_configuration_has_every_given_field_but_the_run_folder():
 def test_a_compiled_runs_first_step_is_said_on_its_own_line_and_left_out_of_img_s(tiny_data, tmp_path, monkeypatch):
     # No torch.compile here (minutes on 2 cores: test_cli_train.py has the real one): the loop is told that its
     # first step compiles, and a fake clock makes that step take 30 s and every other 0.5 s.
-    import resnetlab.engine.train as train_module
+    import resnetlab.engine.hooks as hooks_module
     from helpers import FakeClock
-    from resnetlab.engine.steps import Training
+    from resnetlab.engine.step import Training
 
     clock = FakeClock()
     real_step = Training.train_step
@@ -366,7 +366,7 @@ def test_a_compiled_runs_first_step_is_said_on_its_own_line_and_left_out_of_img_
         return real_step(self, x, y, global_step, stop_requested)
 
     monkeypatch.setattr(Training, "train_step", step)
-    monkeypatch.setattr(train_module, "compile_warm_up_steps", lambda config, device: 1)
+    monkeypatch.setattr(hooks_module, "compile_warm_up_steps", lambda config, device: 1)
     lines = []
     result = fit(tiny(tiny_data, tmp_path, limit_train=100, limit_test=50, recalibrate_bn=0), log=lines.append, clock=clock,
                  started=clock())

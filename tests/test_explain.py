@@ -11,7 +11,7 @@ import resnetlab
 from helpers import SEED_TRACE, one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.engine import fit
-from resnetlab.explain import stage_outputs
+from resnetlab.inference.explain import stage_outputs
 
 SEED_STAGES = SEED_TRACE.splitlines()[:5]  # the seed's printed lines for b1..b5 on 1x1x256x256
 
@@ -141,7 +141,7 @@ def test_explain_from_python_for_three_channel_models(tmp_path):
 
 def test_the_default_grad_cam_stage_is_the_last_with_maps_of_at_least_4x4():
     from resnetlab import create_model
-    from resnetlab.explain import default_stage
+    from resnetlab.inference.explain import default_stage
 
     seed_net = create_model("d2l_resnet18").eval()
     assert default_stage(seed_net, torch.zeros(1, 1, 28, 28)) == "b3"  # b4 is 2x2, b5 1x1 at 28 px
@@ -153,7 +153,7 @@ def test_the_default_grad_cam_stage_is_the_last_with_maps_of_at_least_4x4():
 
 def test_explain_takes_a_folder_in_chunks(ckpt, tiny_data, tmp_path, capsys, monkeypatch):
     import resnetlab.cli.explain as explain
-    from resnetlab.classifier import Classifier
+    from resnetlab.inference.classifier import Classifier
     from resnetlab.data import load_split
 
     test = load_split(tiny_data, "test")
@@ -185,7 +185,7 @@ def test_explain_takes_a_folder_in_chunks(ckpt, tiny_data, tmp_path, capsys, mon
 
 def test_explaining_puts_back_each_submodules_own_mode():
     """A batch norm the caller froze in eval mode inside a training model stays frozen after stage outputs and Grad-CAM."""
-    from resnetlab.explain import grad_cam
+    from resnetlab.inference.explain import grad_cam
     from resnetlab.models import create_model
 
     net = create_model("d2l_resnet18", in_channels=1, num_classes=10).train()

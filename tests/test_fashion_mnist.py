@@ -109,7 +109,7 @@ def test_a_raw_folder_of_idx_files_is_fashion_mnist_not_a_class_folder(tmp_path,
 
     write_fashion_mnist(tmp_path / "root" / "raw", n_train=30, n_test=10)  # torchvision's DIR/raw/ layout
     assert dataset_kind(tmp_path / "root") == "fashion-mnist"
-    splits = open_dataset(tmp_path / "root", val_split=5)
+    splits = open_dataset(tmp_path / "root", image_size=None, channels=None, val_split=5, val_fraction=0.2, seed=0)
     assert splits.source == tmp_path / "root" / "raw" and len(splits.train) == 25 and len(splits.test) == 10
     assert main(["show-data", "--data", str(tmp_path / "root"), "--n", "4", "--out", str(tmp_path / "g.png")]) == 0
     assert "the first 4 train images" in capsys.readouterr().out

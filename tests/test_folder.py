@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 
 import resnetlab
 import resnetlab.data.folder_cache as cache_module
-from helpers import SHAPES, draw_shape, one_line_error, write_shape_folder
+from helpers import SHAPES, draw_shape, one_line_error, read_folder, write_shape_folder
 from resnetlab.cli import main
-from resnetlab.data.folder import is_class_folder, load_class_folder
+from resnetlab.data.folder import is_class_folder
 from resnetlab.engine import TrainConfig
 from resnetlab.weights import Preprocess, WeightsHeader, save_weights
 from resnetlab.engine.initialize import load_initial_weights, read_state_dict
 from resnetlab.engine.initialize import build_model
-from resnetlab.engine.recipe import with_base_defaults
+from resnetlab.config import with_base_defaults
 from resnetlab.errors import ResnetlabError
 from resnetlab.models import create_model
 
@@ -37,14 +37,14 @@ def shapes_split(tmp_path_factory):
 def test_single_level_folder_is_split_stratified(tmp_path):
     root = write_shape_folder(tmp_path / "d", per_class=20, sizes=(30, 32, 40))
     assert is_class_folder(root) and not is_class_folder(tmp_path / "absent")
-    data = load_class_folder(root, val_fraction=0.25, seed=1)
+    data = read_folder(root, val_fraction=0.25, seed=1)
     assert data.test is None and data.train.class_names == SHAPES
     assert data.train.images.shape[1:] == (3, 32, 32)  # RGB as some images are; the median side, 32
     assert torch.bincount(data.val.labels).tolist() == [5, 5, 5]  # a quarter of each class
     assert torch.bincount(data.train.labels).tolist() == [15, 15, 15]
-    again = load_class_folder(root, val_fraction=0.25, seed=1)
+    again = read_folder(root, val_fraction=0.25, seed=1)
     assert torch.equal(again.val.images, data.val.images)  # seeded
-    gray = load_class_folder(root, channels=1, image_size=24)
+    gray = read_folder(root, channels=1, image_size=24)
     assert gray.train.images.shape[1:] == (1, 24, 24)
 
 
@@ -88,7 +88,7 @@ def test_bad_files_are_listed_or_refused(tmp_path, capsys):
     good = (root / "square" / "square000.png").read_bytes()
     (root / "square" / "cut.png").write_bytes(good[: len(good) // 2])  # a truncated PNG
     warnings = []
-    data = load_class_folder(root, warn=warnings.append)
+    data = read_folder(root, warn=warnings.append)
     assert len(data.train) + len(data.val) == 18
     assert len(warnings) == 1 and warnings[0].startswith("warning: skipped 2 file(s)")
     assert "notes.txt (not an image Pillow can read" in warnings[0] and "cut.png" in warnings[0]
@@ -129,20 +129,20 @@ def test_an_empty_val_or_test_folder_is_refused_in_training_and_eval(split, tmp_
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path, monkeypatch):
     root = write_shape_folder(tmp_path / "d", per_class=6)
-    first = load_class_folder(root, seed=0)
+    first = read_folder(root, seed=0)
     assert len(_caches(tmp_path)) == 1
     decoded = []
     real = cache_module._decode
     monkeypatch.setattr(cache_module, "_decode", lambda *a: decoded.append(a) or real(*a))
-    second = load_class_folder(root, seed=0)
+    second = read_folder(root, seed=0)
     assert decoded == [] and torch.equal(first.train.images, second.train.images)  # from the cache
-    explicit = load_class_folder(root, seed=0, image_size=32, channels=3)  # as eval asks, by number: the same file
+    explicit = read_folder(root, seed=0, image_size=32, channels=3)  # as eval asks, by number: the same file
     assert decoded == [] and torch.equal(first.train.images, explicit.train.images)
     assert len(_caches(tmp_path)) == 1
     path = root / "circle" / "circle000.png"
     draw_shape("square", 32, __import__("numpy").random.default_rng(5), rgb=False).save(path)
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
-    third = load_class_folder(root, seed=0)
+    third = read_folder(root, seed=0)
     assert len(decoded) == 18  # rebuilt
     assert len(_caches(tmp_path)) == 1  # the earlier listing's cache removed
     assert not torch.equal(first.train.images, third.train.images) or not torch.equal(first.val.images, third.val.images)

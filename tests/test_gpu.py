@@ -114,7 +114,7 @@ def test_the_fast_presets_steps_never_wait_for_the_device(tiny_data, tmp_path, m
     from host_syncs import is_sync_error, syncs_are_errors, where_synced
 
     from resnetlab.engine import fit, from_preset
-    from resnetlab.engine.steps import Training
+    from resnetlab.engine.step import Training
 
     config = from_preset("fast").replace(data=str(tiny_data), device="cuda", val_split=100, limit_train=480, batch_size=8,
                                          lr=0.0025, epochs=1, out=str(tmp_path / "r"))

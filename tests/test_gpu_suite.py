@@ -37,8 +37,8 @@ def test_host_syncs_are_errors_in_the_steps_and_allowed_at_the_guards_readings(t
 
     from host_syncs import syncs_are_errors, where_synced
     from resnetlab.engine import fit
-    from resnetlab.engine.steps import StepGuard, Training
-    from resnetlab.engine.train import Loop
+    from resnetlab.engine.step import StepGuard, Training
+    from resnetlab.engine.loop import Loop
     from helpers import plain_config
 
     mode = {"now": 0}
@@ -68,9 +68,9 @@ def test_host_syncs_are_errors_in_the_steps_and_allowed_at_the_guards_readings(t
         raise RuntimeError("called a synchronizing CUDA operation")
     except RuntimeError as exc:
         assert where_synced(exc) == "called a synchronizing CUDA operation"  # raised outside resnetlab
-    from resnetlab.engine.config import TrainConfig, validate
+    from resnetlab.config import TrainConfig, validate
     from resnetlab.errors import ResnetlabError
 
     with pytest.raises(ResnetlabError) as raised:
         validate(TrainConfig(epochs=0))
-    assert where_synced(raised.value, short=True).startswith("resnetlab/engine/config.py:")  # the innermost line in it
+    assert where_synced(raised.value, short=True).startswith("resnetlab/config/fields.py:")  # the innermost line in it

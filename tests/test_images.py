@@ -16,7 +16,7 @@ from PIL import Image
 
 import resnetlab
 from resnetlab.cli import main
-from resnetlab.images import ImageError, read_image
+from resnetlab.data.images import ImageError, read_image
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -107,7 +107,7 @@ def test_the_bomb_is_refused_before_its_pixels_are_held(hostile):
     # 20000 x 20000 gray is 400 MB decoded; the refusal must come from the header.
     code = (
         "import sys\n"
-        "from resnetlab.images import ImageError, read_image\n"
+        "from resnetlab.data.images import ImageError, read_image\n"
         "for name in sys.argv[1:]:\n"
         "    try:\n"
         "        read_image(name, 1, 28)\n"

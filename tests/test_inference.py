@@ -15,7 +15,7 @@ from helpers import one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.data import DeviceLoader, load_split
 from resnetlab.engine import fit
-from resnetlab.evaluation import classification_report
+from resnetlab.inference.evaluation import classification_report
 
 
 def png(path, array):
@@ -168,7 +168,7 @@ def test_export_onnx_matches_pytorch(ckpt, tmp_path, capsys):
 
 
 def test_export_that_disagrees_leaves_no_file(ckpt, tmp_path, capsys, monkeypatch):
-    import resnetlab.export as export
+    import resnetlab.inference.export as export
 
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass: the check must refuse the file
     out = tmp_path / "m.pt"

@@ -16,10 +16,11 @@ import torch
 from PIL import Image, ImageDraw
 
 import resnetlab
-from resnetlab.classifier import UnlikeTrainingWarning
+from resnetlab.inference.classifier import UnlikeTrainingWarning
 from resnetlab.cli import main
 from resnetlab.data import load_split
-from resnetlab.photo import background_mismatch, border_mean, center_on_object, intensity_stats, invert
+from resnetlab.data.stats import border_mean, intensity_stats
+from resnetlab.inference.photo import background_mismatch, center_on_object, invert
 
 LIGHT = "a light background, unlike the training images (dark)"
 

@@ -17,7 +17,7 @@ from resnetlab import (
     resnet_block,
     summary,
 )
-from resnetlab.explain import default_stage, grad_cam, stage_outputs
+from resnetlab.inference.explain import default_stage, grad_cam, stage_outputs
 
 F = nn.functional
 

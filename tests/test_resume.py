@@ -362,7 +362,7 @@ def test_a_run_from_an_init_file_resumes_after_the_file_moved(ckpt, tiny_data, t
 
 
 def test_running_out_of_memory_is_one_line_naming_the_batch_size(tiny_data, tmp_path, capsys, monkeypatch):
-    from resnetlab.engine.steps import Training
+    from resnetlab.engine.step import Training
 
     real_step = Training.train_step
 

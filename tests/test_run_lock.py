@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-from pathlib import Path
 
 import pytest
 
 from helpers import one_line_error, train_child, wait_for
 from resnetlab.cli import main
 from resnetlab.errors import ResnetlabError
-from resnetlab.locks import RUN_LOCK, RunLock, exclusive_lock, run_folder_around
+from resnetlab.util.locks import RUN_LOCK, RunLock, exclusive_lock, run_folder_around
 
 RUN = ["--model", "d2l_resnet18", "--val-split", "100", "--limit-train", "200", "--limit-test", "50",
        "--batch-size", "50", "--epochs", "3", "--precision", "fp32", "--preset", "cpu", "--time-budget", "0"]

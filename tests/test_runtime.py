@@ -11,11 +11,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from helpers import one_line_error
 from resnetlab.engine import TrainConfig
-from resnetlab.engine.recipe import with_base_defaults
-from resnetlab import runtime
-from resnetlab.engine.optim import make_optimizer, make_scheduler
-from resnetlab.runtime import Precision, resolve_device, resolve_precision
-from resnetlab.engine.steps import Ema, Snapshot, Training
+from resnetlab.config import with_base_defaults
+from resnetlab.util import runtime
+from resnetlab.engine.schedule import make_optimizer, make_scheduler
+from resnetlab.util.runtime import Precision, resolve_device, resolve_precision
+from resnetlab.engine.step import Ema, Snapshot, Training
 from resnetlab.errors import ResnetlabError
 
 

@@ -12,13 +12,12 @@ import torch
 from safetensors.torch import load_file
 
 import resnetlab.data.feed as feed_module
-from helpers import train_child, write_shape_folder
+from helpers import read_folder, train_child, write_shape_folder
 from resnetlab.cli import main
 from resnetlab.data import Augment, DeviceLoader, ImageSet
 from resnetlab.data.feed import cgroup_memory_limit, choose_feed
-from resnetlab.data.folder import load_class_folder
 from resnetlab.data.loader import background
-from resnetlab.engine.setup import channel_stats
+from resnetlab.data.stats import channel_stats
 from resnetlab.engine.state import STATE_FILE, load_train_state
 
 
@@ -50,7 +49,7 @@ def assert_same(a, b):
 
 
 def test_subsets_of_a_mapped_folder_copy_no_pixels(shapes):
-    found = load_class_folder(shapes, image_size=16)
+    found = read_folder(shapes, image_size=16)
     train, val = found.train, found.val
     # Both splits select rows of the one memory-mapped array of the cache; nothing was copied.
     assert train.rows is not None and val.rows is not None

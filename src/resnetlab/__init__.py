@@ -10,8 +10,9 @@ Quick start::
     clf.predict(["shoe.png"])
 """
 
-from .classifier import Classifier, Prediction, load
+from .api import resume, train
 from .errors import ResnetlabError
+from .inference.classifier import Classifier, Prediction, load
 from .models import (
     BasicBlock,
     Bottleneck,
@@ -40,15 +41,26 @@ from .models import (
     resnext50_32x4d,
     wide_resnet50_2,
 )
-from .summarize import ModelSummary, summary
-from .training import resume, train
-
+from .models.summary import ModelSummary, summary
 from .version import __version__
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "Classifier", "D2LPreActResNet", "D2LResNet", "ModelSummary", "PreActBasicBlock",
+    "BasicBlock", "Hook", "TrainConfig", "Bottleneck", "Classifier", "D2LPreActResNet", "D2LResNet", "ModelSummary", "PreActBasicBlock",
     "PreActResidual", "Prediction", "Residual", "ResNeXtBlock", "ResNet", "ResnetlabError", "UnknownModelError",
     "__version__", "create_model", "d2l_preact_resnet18", "d2l_resnet18", "list_models", "load", "model_spec",
     "preact_resnet18", "preact_resnet34", "register_model", "resnet18", "resnet34", "resnet50", "resnet101",
     "resnet152", "resnet_block", "resume", "resnext50_32x4d", "summary", "train", "wide_resnet50_2",
 ]
+
+
+def __getattr__(name: str):
+    """``resnetlab.Hook`` and ``resnetlab.TrainConfig``, imported when first asked for: inference never loads the engine."""
+    if name == "Hook":
+        from .engine.hooks import Hook
+
+        return Hook
+    if name == "TrainConfig":
+        from .config import TrainConfig
+
+        return TrainConfig
+    raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")

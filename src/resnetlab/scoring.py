@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DeviceLoader
-from .runtime import Precision
+from .util.runtime import Precision
 
 
 def class_scores(model: nn.Module, x: torch.Tensor, tta: bool = False) -> torch.Tensor:

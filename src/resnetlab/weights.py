@@ -26,7 +26,7 @@ from torch import nn
 
 from .data.loader import to_model_input
 from .errors import ResnetlabError, first_line
-from .fileio import atomic_path
+from .util.fileio import atomic_path
 from .models import create_model
 from .models.probe import blank_batch, evaluating
 from .models.registry import CUSTOM_PREFIX, is_custom
@@ -49,7 +49,7 @@ class Preprocess:
     ``size``: the model's input side (a bilinear resize of the uint8 batch); ``mean``/``std``:
     the per-channel standardisation of pixels in [0, 1] (None: only scaled). ``pixel_mean`` and
     ``border_mean``: the training images' mean intensity in [0, 1], overall and on their border
-    (see :mod:`resnetlab.photo`), against which prediction tells a photo the wrong way round
+    (see :mod:`resnetlab.inference.photo`), against which prediction tells a photo the wrong way round
     (None: a file written before they were kept; nothing is checked).
     """
 

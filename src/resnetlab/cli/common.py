@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import ResnetlabError
-from ..runtime import DEVICES, PRECISIONS
+from ..util.runtime import DEVICES, PRECISIONS
 
 __all__ = ["DEVICES", "PRECISIONS", "parse_input_size"]
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import BASE_DEFAULTS, folder_side
 from ..data import download_fashion_mnist, open_dataset
 from ..data.download import DEFAULT_URL
 from ..engine.metrics import plot_curves, read_csv
 from ..errors import ResnetlabError
-from ..pictures import save_image_grid
+from ..util.pictures import save_image_grid
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,9 @@ def show_data_command(args: argparse.Namespace) -> int:
     """Draw the first ``--n`` images of a split with their labels."""
     if args.n < 1:
         raise ResnetlabError(f"--n {args.n} must be at least 1")
-    splits = open_dataset(args.data, val_split=0, warn=lambda message: print(message, file=sys.stderr))
+    # As a run would read them: a class folder at the recipe's side, its validation share carved by the base defaults.
+    splits = open_dataset(args.data, image_size=None, channels=None, val_split=0, val_fraction=BASE_DEFAULTS["val_fraction"],
+                          seed=BASE_DEFAULTS["seed"], side_rule=folder_side, warn=lambda message: print(message, file=sys.stderr))
     data = splits.train if args.split == "train" else splits.held_out[0]
     n = min(args.n, len(data))
     save_image_grid(args.out, data.gather(torch.arange(n)), [data.class_names[int(k)] for k in data.labels[:n]])

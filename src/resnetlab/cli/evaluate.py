@@ -16,13 +16,13 @@ from typing import Any
 import torch
 
 from ..data.feed import FEEDS, choose_feed
-from ..evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
-from ..explain import as_seen, grad_cam
-from ..fileio import make_folder, write_text
-from ..locks import writing_near_run
-from ..log import Log
-from ..pictures import save_confusion, save_explanation_sheet, save_image_grid
-from ..runtime import resolve_device
+from ..inference.evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
+from ..inference.explain import as_seen, grad_cam
+from ..util.fileio import make_folder, write_text
+from ..util.locks import writing_near_run
+from ..util.log import Log
+from ..util.pictures import save_confusion, save_explanation_sheet, save_image_grid
+from ..util.runtime import resolve_device
 from ..weights import load_model
 from .common import DEVICES, PRECISIONS
 

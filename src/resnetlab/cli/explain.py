@@ -11,15 +11,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..classifier import load
+from ..inference.classifier import load
 from ..errors import ResnetlabError
-from ..fileio import make_folder
-from ..locks import writing_near_run
-from ..explain import StageOutput, as_seen, default_stage, find_stage, stage_outputs
-from ..images import find_images, read_image
-from ..log import Log
+from ..util.fileio import make_folder
+from ..util.locks import writing_near_run
+from ..inference.explain import StageOutput, as_seen, default_stage, find_stage, stage_outputs
+from ..data.images import find_images, read_image
+from ..util.log import Log
 from ..models import create_model, model_spec
-from ..pictures import save_explanation, save_explanation_sheet, save_stage_maps
+from ..util.pictures import save_explanation, save_explanation_sheet, save_stage_maps
 from .common import parse_input_size
 
 # ``explain`` takes this many images per forward and backward pass (as predict does), so a folder of

@@ -9,9 +9,9 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ResnetlabError
-from ..export import CHECK_BATCHES, FORMATS, check_pixels, export_model
-from ..locks import writing_near_run
-from ..log import Log
+from ..inference.export import CHECK_BATCHES, FORMATS, check_pixels, export_model
+from ..util.locks import writing_near_run
+from ..util.log import Log
 from ..weights import load_model
 
 

@@ -2,7 +2,7 @@
 
 Images whose background is the other way round from the training images' (a photo's light one
 for a Fashion-MNIST model) get one warning line on stderr, and ``--invert`` and ``--center``
-fix photos (see :mod:`resnetlab.photo`); the exit status stays 0.
+fix photos (see :mod:`resnetlab.inference.photo`); the exit status stays 0.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from ..classifier import load, unlike_training_lines
+from ..inference.classifier import load, unlike_training_lines
 from ..errors import ResnetlabError
-from ..images import find_images
-from ..runtime import resolve_device
+from ..data.images import find_images
+from ..util.runtime import resolve_device
 from .common import DEVICES
 
 # Images decoded and classified at a time: a folder of many thousand files is never held at once.

@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import ResnetlabError, first_line
 from ..models import create_model, list_models, model_spec
-from ..summarize import summary
+from ..models.summary import summary
 from .common import parse_input_size
 
 

@@ -3,7 +3,7 @@
 Every config field gets a flag of the same name (``batch_size`` -> ``--batch-size``) with the
 field's help text, generated from the dataclass so the two never drift apart. Flags and the
 file only set fields; what they leave unset the run decides, as for ``fit(TrainConfig(...))``
-(``engine/recipe.py``).
+(``config/resolve.py``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import dataclasses
 import json
 from typing import Any
 
+from ..config import LATEST, RESUME_OVERRIDES, TrainConfig, check_preset, load_config_file, preset_names
+from ..config.fields import check_types, choices, field_help, field_kind, field_names, flag, has_flag
 from ..engine import fit, resume
-from ..engine.config import (
-    CHOICES, RESUME_OVERRIDES, TrainConfig, check_types, field_help, field_kind, field_names, flag, has_flag, load_config_file,
-)
-from ..engine.recipe import check_preset, preset_names
 from ..errors import ResnetlabError
 from ..models import model_spec
 
@@ -25,7 +23,7 @@ from ..models import model_spec
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add the ``train`` command: ``--resume``, ``--config`` and one flag per config field."""
     p = sub.add_parser("train", help="train a model on Fashion-MNIST or your class folders (presets: d2l, cpu, fast, best, folder)")
-    p.add_argument("--resume", nargs="?", const="runs/latest", metavar="RUN_DIR",
+    p.add_argument("--resume", nargs="?", const=str(LATEST), metavar="RUN_DIR",
                    help="continue a stopped run from its train_state.pt, with its own config (default: runs/latest)")
     add_train_arguments(p)
     p.set_defaults(func=train_command)
@@ -43,14 +41,14 @@ def train_command(args: argparse.Namespace) -> int:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per :class:`TrainConfig` field to ``parser``."""
     parser.add_argument("--config", metavar="FILE", help="JSON or YAML file of config fields (flags override it)")
-    helps = field_help()
+    helps, fixed = field_help(), choices()
     for name in filter(has_flag, field_names()):
         kind = field_kind(name)
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": helps[name].replace("%", "%%")}
         if name == "preset":
             kwargs["choices"] = preset_names()
-        elif name in CHOICES:
-            kwargs["choices"] = list(CHOICES[name])
+        elif name in fixed:
+            kwargs["choices"] = list(fixed[name])
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif kind is dict:

@@ -18,8 +18,8 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import ResnetlabError
-from ..fileio import atomic_path, make_folder
-from ..locks import exclusive_lock
+from ..util.fileio import atomic_path, make_folder
+from ..util.locks import exclusive_lock
 from .imageset import DataError
 
 DEFAULT_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"

@@ -8,9 +8,9 @@ Two layouts are read:
 
 Class names are the training folder's subfolder names, sorted. Images are decoded once with
 Pillow (in threads), converted to grayscale or RGB (whatever the data is, unless forced),
-resized to a square of the image size (the median of the training images' sides unless given,
-at most 224) and cached. Files Pillow cannot read are skipped and listed in one warning, or
-refused with ``strict``.
+resized to a square of the image size (unless given, what the recipe makes of the training
+images' sides: their median, at most 224) and cached. Files Pillow cannot read are skipped and
+listed in one warning, or refused with ``strict``.
 
 Decoding a split, and its memory-mapped cache, are ``folder_cache.py``'s (:func:`read_split`).
 """
@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .folder_cache import CACHE_FORMAT, cache_dir, read_split
+from .folder_cache import CACHE_FORMAT, SideRule, cache_dir, read_split
 from .imageset import DataError, ImageSet
 
 __all__ = ["CACHE_FORMAT", "FolderData", "cache_dir", "is_class_folder", "load_class_folder", "read_split",
@@ -78,14 +78,18 @@ def stratified_split(data: ImageSet, fraction: float, seed: int) -> tuple[ImageS
 def load_class_folder(
     root: str | os.PathLike[str],
     *,
-    image_size: int | None = None,
-    channels: int | None = None,
-    val_fraction: float = 0.2,
-    seed: int = 0,
+    image_size: int | None,
+    channels: int | None,
+    val_fraction: float,
+    seed: int,
     strict: bool = False,
     warn: Warn | None = None,
+    side_rule: SideRule | None = None,
 ) -> FolderData:
-    """Read a class-folder data set (see the module's description) into uint8 splits."""
+    """Read a class-folder data set (see the module's description) into uint8 splits.
+
+    ``image_size`` None: the side ``side_rule`` makes of the training images' sides (the recipe's).
+    """
     root = Path(root)
     train_dir = root / "train"
     layout = "split" if train_dir.is_dir() else "single"
@@ -95,7 +99,7 @@ def load_class_folder(
         raise DataError(f"--data {root}: found {len(classes)} class folder(s) in {base}; a classifier needs at least two, "
                         "one subfolder of images per class")
     class_names = [c.name for c in classes]
-    train, skipped = read_split(base, class_names, image_size=image_size, channels=channels)
+    train, skipped = read_split(base, class_names, image_size=image_size, channels=channels, side_rule=side_rule)
     size, channels = train.shape[-1], train.shape[1]
     counts = torch.bincount(train.labels, minlength=len(class_names))
     empty = [name for name, n in zip(class_names, counts.tolist()) if n == 0]

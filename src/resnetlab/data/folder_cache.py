@@ -29,23 +29,24 @@ import hashlib
 import json
 import os
 import shutil
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from ..fileio import atomic_path
-from ..locks import exclusive_lock
-from ..images import GRAY_MODES, ImageError, probe_image, read_image
-from ..log import progress_bar
+from ..util.fileio import atomic_path
+from ..util.locks import exclusive_lock
+from .images import GRAY_MODES, ImageError, probe_image, read_image
+from ..util.log import progress_bar
 from .imageset import ImageSet
 
-MAX_AUTO_SIZE = 224
+# How a caller decides the side of images decoded at "their own" size: the readable images' sides -> a side.
+SideRule = Callable[[list[int]], int]
 # 3: a folder with a memory-mapped raw array (2, one safetensors file: ignored, rebuilt); 2: 16-bit gray scaled, not clipped
 CACHE_FORMAT = "resnetlab.folder-cache/3"
 CHUNK = 1024  # images decoded between two progress records: an interrupted decode redoes at most this many
@@ -128,11 +129,12 @@ def read_split(
     *,
     image_size: int | None,
     channels: int | None,
+    side_rule: SideRule | None = None,
 ) -> tuple[ImageSet, list[str]]:
     """Decode (or map from the cache) the images under ``folder/<class>/``; return them and the skipped files.
 
-    ``image_size`` and ``channels`` None mean: from the data (median side capped at 224;
-    grayscale only if every image is).
+    ``image_size`` None: ``side_rule`` of the readable images' sides (the caller's recipe decides);
+    ``channels`` None: grayscale only if every image is.
     """
     items = [(path, label, size, mtime) for label, name in enumerate(class_names) if (folder / name).is_dir()
              for path, size, mtime in _files(folder / name)]
@@ -145,7 +147,7 @@ def read_split(
         found = _lookup(folder, image_size, channels, listing)
         if found is not None:
             return found
-        return _decode_split(folder, items, class_names, listing, image_size, channels)
+        return _decode_split(folder, items, class_names, listing, image_size, channels, side_rule)
 
 
 def _lookup(folder: Path, image_size: int | None, channels: int | None, listing: str) -> tuple[ImageSet, list[str]] | None:
@@ -228,7 +230,7 @@ class _Decoding:
 
 
 def _decode_split(folder: Path, items: list, class_names: list[str], listing: str,
-                  image_size: int | None, channels: int | None) -> tuple[ImageSet, list[str]]:
+                  image_size: int | None, channels: int | None, side_rule: SideRule | None) -> tuple[ImageSet, list[str]]:
     """Decode the split chunk by chunk (continuing an interrupted decode of the same files), then publish it."""
     partial = cache_dir() / f".{_cache_key(folder, image_size, channels)}-{listing[:16]}{PARTIAL_SUFFIX}"
     with ThreadPoolExecutor(_threads()) as pool:
@@ -237,7 +239,7 @@ def _decode_split(folder: Path, items: list, class_names: list[str], listing: st
         if state is None:
             if len(items) >= PROGRESS_FROM:
                 print(f"reading the headers of {len(items):,} files of {folder}", file=sys.stderr, flush=True)
-            state = _start(partial, listing, _plan(items, image_size, channels, pool))
+            state = _start(partial, listing, _plan(items, image_size, channels, side_rule, pool))
         progress = _Progress(len(state.good), state.next, folder)
         if resumed:
             progress.say(f"resuming the decoding of {folder} at {state.next:,} of {len(state.good):,} images")
@@ -250,7 +252,8 @@ def _decode_split(folder: Path, items: list, class_names: list[str], listing: st
     return _finish(state, folder, class_names, listing, image_size, channels)
 
 
-def _plan(items: list, image_size: int | None, channels: int | None, pool: ThreadPoolExecutor) -> tuple[list[int], list[str], int, int]:
+def _plan(items: list, image_size: int | None, channels: int | None, side_rule: SideRule | None,
+          pool: ThreadPoolExecutor) -> tuple[list[int], list[str], int, int]:
     """Which files to decode (those whose header reads), the files skipped, and the size and channels."""
     probes = list(pool.map(_probe, [item[0] for item in items]))
     skipped = [f"{item[0]} ({probe})" for item, probe in zip(items, probes) if isinstance(probe, str)]
@@ -259,7 +262,9 @@ def _plan(items: list, image_size: int | None, channels: int | None, pool: Threa
         channels = 1 if good and all(probes[i][0] in GRAY_MODES for i in good) else 3
     if image_size is None:
         sides = [side for i in good for side in probes[i][1:]]
-        image_size = min(MAX_AUTO_SIZE, int(statistics.median(sides))) if sides else MAX_AUTO_SIZE
+        if side_rule is None:
+            raise AssertionError("read_split: no image_size and no side_rule to decide it")  # a caller's bug
+        image_size = side_rule(sides)
     return good, skipped, image_size, channels
 
 

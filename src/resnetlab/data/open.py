@@ -16,6 +16,7 @@ from typing import Callable
 
 from .fashion_mnist import load_fashion_mnist, resolve_data_dir, split_train_val
 from .folder import is_class_folder, load_class_folder
+from .folder_cache import SideRule
 from .imageset import ImageSet
 
 Warn = Callable[[str], None]
@@ -49,25 +50,27 @@ def dataset_kind(data: str | os.PathLike[str] | None) -> str:
 def open_dataset(
     data: str | os.PathLike[str] | None,
     *,
-    image_size: int | None = None,
-    channels: int | None = None,
-    val_split: int = 5000,
-    val_fraction: float = 0.2,
-    seed: int = 0,
+    image_size: int | None,
+    channels: int | None,
+    val_split: int,
+    val_fraction: float,
+    seed: int,
     strict: bool = False,
     warn: Warn | None = None,
+    side_rule: SideRule | None = None,
 ) -> Splits:
     """Open ``data`` (None: ``$RESNETLAB_DATA``, else Debian's Fashion-MNIST) as its splits.
 
-    ``image_size`` and ``channels`` apply to class folders as they are decoded (None: the
-    median side, at most 224; gray only if every image is); Fashion-MNIST's 1-channel images
-    are repeated to ``channels=3`` when asked. ``val_split`` (Fashion-MNIST) and
-    ``val_fraction`` (a class folder without ``val/``) carve the validation split, seeded by
-    ``seed``.
+    Every choice is the caller's (the run's recipe, or a checkpoint's header): ``image_size``
+    and ``channels`` apply to class folders as they are decoded (``image_size`` None: what
+    ``side_rule`` makes of the training images' sides; ``channels`` None: gray only if every
+    image is); Fashion-MNIST's 1-channel images are repeated to ``channels=3`` when asked.
+    ``val_split`` (Fashion-MNIST) and ``val_fraction`` (a class folder without ``val/``) carve
+    the validation split, seeded by ``seed``.
     """
     if is_class_folder(data):
         found = load_class_folder(data, image_size=image_size, channels=channels, val_fraction=val_fraction, seed=seed,
-                                  strict=strict, warn=warn)
+                                  strict=strict, warn=warn, side_rule=side_rule)
         return Splits(found.train, found.val, found.test, Path(data), found.skipped)
     folder = resolve_data_dir(data)
     # --channels 3 (to fine-tune an RGB model, say): the gray channel three times.

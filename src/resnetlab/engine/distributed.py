@@ -113,17 +113,6 @@ def init_distributed(device_type: str, timeout_s: int) -> Dist:
     return Dist(rank=rank, world_size=world, local_rank=local_rank, enabled=True)
 
 
-_COMM_FAILURE_WORDS = ("gloo", "nccl", "connection", "timed out", "timeout", "socket", "broken pipe", "peer")
-
-
-def is_comm_failure(exc: BaseException) -> bool:
-    """Whether ``exc`` is a collective failing because another process died or stopped answering."""
-    dist_error = getattr(dist, "DistError", None)
-    if dist_error is not None and isinstance(exc, dist_error):
-        return True
-    return isinstance(exc, RuntimeError) and any(word in str(exc).lower() for word in _COMM_FAILURE_WORDS)
-
-
 def lost_contact(exc: BaseException, rank: int, state_path, run_dir) -> LostContactError:
     """The one line for a rank whose collective failed: the other processes died or stopped answering."""
     return LostContactError(
@@ -154,7 +143,12 @@ def all_sum(values: torch.Tensor) -> torch.Tensor:
 
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks, differentiable: every rank's output depends on every rank's input, so the
-    gradient flowing back to one rank's input is the sum of the gradients at all ranks' outputs."""
+    gradient flowing back to one rank's input is the sum of the gradients at all ranks' outputs.
+
+    PyTorch's own, ``torch.distributed.nn.functional.all_reduce``, is deprecated in 2.13 (a
+    FutureWarning on every call: per batch norm, per step) in favour of one in a module PyTorch
+    keeps private (its functional collectives); these ten lines of public API are steadier.
+    """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

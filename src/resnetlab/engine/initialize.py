@@ -29,13 +29,14 @@ import torch
 from torch import nn
 
 from ..errors import ResnetlabError, first_line
-from ..log import Log
+from ..util.log import Log
 from ..models import create_model, list_models, model_spec
 from ..models.probe import blank_batch, evaluating
-from .checkpoint import load_tensors_only
-from .config import INIT_SCHEMES, TrainConfig
+from ..config import RunConfig
+from ..config.fields import INIT_SCHEMES
+from ..util.compat import WRAPPER_KEY_PREFIXES
+from .state import load_tensors_only
 
-PREFIXES = ("module.", "_orig_mod.")
 
 
 def head_name(model: nn.Module) -> str:
@@ -102,7 +103,7 @@ def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         changed = True
         while changed:
             changed = False
-            for prefix in PREFIXES:
+            for prefix in WRAPPER_KEY_PREFIXES:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix):], True
         out[key] = value
@@ -215,7 +216,7 @@ def xavier_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
 
-def build_model(config: TrainConfig, in_channels: int, num_classes: int, log: Log | None = None,
+def build_model(config: RunConfig, in_channels: int, num_classes: int, log: Log | None = None,
                 module: nn.Module | None = None) -> nn.Module:
     """Create the configured model for the data's channels and classes, with the configured init.
 

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from ..errors import ResnetlabError
-from ..fileio import write_text
-from ..pictures import figure, save_figure
+from ..util.fileio import write_text
+from ..util.pictures import figure, save_figure
 
 COLUMNS = ["epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "examples_per_sec", "seconds"]
 

@@ -15,8 +15,9 @@ from typing import Iterable
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
-from ..runtime import Precision
+from ..util.runtime import Precision
 from .distributed import all_sum
 
 
@@ -36,30 +37,16 @@ def recalibrate_batchnorm(
 ) -> None:
     """Set every batch norm's running mean and variance to the average over ``batches`` of their batch statistics.
 
-    The model runs forward in training mode (nothing else changes: no gradients, no weights);
-    batch norms average the batches with equal weight (momentum None), then get their momentum
-    back. Under torchrun each rank sees its share of each batch: with synchronised batch norm the
-    statistics are the global batch's already; otherwise ``average_over_ranks`` averages them.
+    PyTorch's ``torch.optim.swa_utils.update_bn`` does it (the model forward in training mode,
+    batch norms averaging the batches with equal weight, their momentum and the model's mode
+    given back), here in the run's precision. Under torchrun each rank sees its share of each
+    batch: with synchronised batch norm the statistics are the global batch's already;
+    otherwise ``average_over_ranks`` averages them.
     """
-    norms = batch_norms(model)
-    if not norms:
-        return
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-    model.train()
-    try:
-        with precision.autocast(device):
-            for x in batches:
-                model(x)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
+    with precision.autocast(device):
+        update_bn(batches, model)
     if average_over_ranks:
-        for m in norms:
+        for m in batch_norms(model):
             world = all_sum(torch.ones((), device=m.running_mean.device))
             m.running_mean.copy_(all_sum(m.running_mean.clone()) / world)
             m.running_var.copy_(all_sum(m.running_var.clone()) / world)

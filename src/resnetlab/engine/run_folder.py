@@ -1,25 +1,29 @@
-"""The run folder: where a run's files go, ``runs/latest``, writing them from rank 0 only, and what a finished run reports."""
+"""The run folder: where a run's files go, ``runs/latest``, its lock, what each epoch writes (rank 0 only), and what a finished
+run reports."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..config import RunConfig, default_out
 from ..errors import ResnetlabError
-from ..fileio import make_folder, write_text
-from ..locks import RunLock
-from ..log import Log, warn_stderr
+from ..util.fileio import make_folder, write_text
+from ..util.locks import RunLock
+from ..util.log import Log, warn_stderr
 from ..weights import WeightsHeader, save_weights
 from .distributed import Dist
 from .metrics import plot_curves, write_csv
+from .state import unwrap
+
+if TYPE_CHECKING:
+    from .setup import Run
 
 
 @dataclass
@@ -52,13 +56,6 @@ class TrainResult:
                    train_seconds=p.train_seconds, total_seconds=total_seconds, skipped_batches=p.skipped, history=p.history)
 
 
-def default_run_dir(model_name: str) -> Path:
-    """``runs/<date-time>-<model>`` under the working folder."""
-    # A custom module's name ("custom:f.<locals>.Net") keeps only characters every file system takes.
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name).strip("-")
-    return Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{safe}"
-
-
 def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -> tuple[Path, RunLock]:
     """Create the run folder and take its lock (refusing a folder in use, or one that already holds a run); point
     ``runs/latest`` at it. The caller releases the lock when the run ends.
@@ -66,7 +63,7 @@ def prepare_run_dir(out: str | None, model_name: str, warn: Log = warn_stderr) -
     ``runs/latest`` is only ever replaced when it is the link this function made: a real folder
     of that name (an earlier ``--out runs/latest``, say) is left alone, with a warning.
     """
-    run_dir = Path(out) if out else default_run_dir(model_name)
+    run_dir = Path(out) if out else default_out(model_name)
     make_folder(run_dir)
     lock = RunLock.acquire(run_dir)  # a live run in this folder is named here
     if (run_dir / "config.json").exists():  # checked under the lock: two runs starting at once cannot both pass
@@ -146,3 +143,25 @@ class RunFolder:
         values = {k: v for k, v in result.__dict__.items() if k not in ("run_dir", "history")}
         values = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
         self.write_text("results.json", json.dumps(values, indent=2, allow_nan=False) + "\n")
+
+
+def write_epoch_files(run: "Run", best_changed: bool, last: bool) -> None:
+    """best/last.safetensors, metrics.csv and curves.png for the epochs so far (rank 0 only)."""
+    p = run.progress
+    if best_changed and run.best_weights is not None:
+        run.folder.write_weights("best.safetensors", run.best_weights, weights_header(run, p.best_epoch))
+    if last:
+        run.folder.write_weights("last.safetensors", unwrap(run.training.eval_model).state_dict(), weights_header(run, p.epoch))
+    run.folder.write_metrics(p.history, title=f"{run.config.model} ({run.config.preset})")
+
+
+def weights_header(run: "Run", epoch: int) -> WeightsHeader:
+    """The weights header: everything needed to use the weights without the run (``weights.py``)."""
+    return WeightsHeader.of_run(model=unwrap(run.training.model), class_names=run.class_names, preprocess=run.preprocess,
+                                config=recorded_config(run).to_dict(), row=run.progress.history[epoch - 1], epoch=epoch,
+                                data=run.fingerprint)
+
+
+def recorded_config(run: "Run") -> RunConfig:
+    """The run's config with the time budget's decisions so far: what ``config.json`` records."""
+    return run.config.replace(budget_plan=[list(d) for d in run.progress.plan])

@@ -1,11 +1,12 @@
 """Setting a run up: one function, :func:`set_up`, from the given configuration to everything the loop needs.
 
-In this order, because each step needs the one before: the device and the process group; the
-data; the configuration resolved against them (``recipe.resolve``); the model; the loaders;
+In this order, because each step needs the one before: what is decided before the data
+(``config.plan``: the preset, the device) and the process group; the data; the configuration
+resolved against them (``config.resolve``: the data's rules, the feed); the model; the loaders;
 where the run stands (fresh, or the saved progress); the optimisation step's pieces, with a
 saved state loaded into them; and last the run folder, so that a bad flag or file, or memory
-running out, leaves nothing behind. The result, :class:`Run`, is plain data: the loop in ``train.py`` reads it and changes only
-the progress, the best weights and what the training step holds.
+running out, leaves nothing behind. The result, :class:`Run`, is plain data: the loop (``loop.py``)
+reads it and changes only the progress, the best weights and what the training step holds.
 """
 
 from __future__ import annotations
@@ -16,23 +17,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import DataFacts, Plan, RunConfig, TrainConfig, folder_side, plan, resolve
 from ..data import Augment, DeviceLoader, ImageSet, dataset_kind, open_dataset
-from ..data.feed import Feed, choose_feed
+from ..data.feed import Feed
 from ..data.loader import mix_seed
+from ..data.stats import channel_stats, intensity_stats
 from ..errors import ResnetlabError, first_line
-from ..log import Log, silent, warn_stderr
 from ..models.small_maps import use_small_map_products
-from ..photo import intensity_stats
-from ..runtime import Precision, configure_backends, is_out_of_memory, seed_everything
+from ..util.compat import is_out_of_memory
+from ..util.log import Log, silent, warn_stderr
+from ..util.runtime import Precision, configure_backends, seed_everything
 from ..weights import Preprocess
-from .config import RunConfig, TrainConfig
 from .distributed import Dist, convert_sync_batchnorm, wrap_ddp
 from .initialize import build_model
-from .optim import make_optimizer, make_scheduler
-from .recipe import BeforeData, DataFacts, before_data, resolve
 from .run_folder import RunFolder
+from .schedule import make_optimizer, make_scheduler
 from .state import STATE_FILE, Progress, check_same_data, restore_train_state
-from .steps import Ema, Training
+from .step import Ema, Training
 
 
 @dataclass
@@ -89,15 +90,16 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
 
     ``module``: the caller's own network, trained (as a copy) instead of a registry model.
     """
-    first = before_data(given)
-    dist = Dist.join(first.device.type, first.dist_timeout)
+    first = plan(given)
+    dist = Dist.join(first.device.type, first.config.dist_timeout)
     device = torch.device("cuda", dist.local_rank) if first.device.type == "cuda" and dist.enabled else first.device
     log = log if dist.is_main else silent
     train, val, test, source = load_data(first, warn=warn_stderr if dist.is_main else silent)
-    facts = DataFacts(kind=dataset_kind(first.data), source=source, train_images=len(train),
-                      side=int(train.shape[-1]))
-    config, lines = resolve(given, first, facts)
-    for line in lines if state is None else []:
+    facts = DataFacts(kind=dataset_kind(first.config.data), source=source, train_images=len(train),
+                      side=int(train.shape[-1]), nbytes=sum(split.nbytes for split in (train, val, test) if split is not None))
+    resolved = resolve(first, facts, device)
+    config = resolved.config
+    for line in resolved.lines if state is None else []:
         log(line)
     if dist.enabled and config.batch_size % dist.world_size:
         raise ResnetlabError(f"--batch-size {config.batch_size} (the global batch) must be divisible by the "
@@ -111,7 +113,7 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     mean, std = channel_stats(train) if config.normalize else (None, None)
     try:  # what goes onto the device: where memory runs out if it does
         model = _model(config, train, device, precision, dist, log if state is None else None, module)
-        loaders = _loaders(config, train, val, test, device, precision, dist, mean, std)
+        loaders = _loaders(config, train, val, test, device, precision, dist, mean, std, resolved.feed)
         check_given_plan(config, len(loaders.train))
         progress, best_weights = _progress(state, config, device, dist)
         training = _training(config, model, len(loaders.train), progress, device, precision, dist)
@@ -182,32 +184,14 @@ def out_of_memory(exc: BaseException, device: torch.device | str, batch_size: in
                           f"or --image-size in a new run{resume}")
 
 
-def load_data(first: BeforeData, warn: Log = warn_stderr) -> tuple[ImageSet, ImageSet | None, ImageSet | None, Path]:
-    """(train, validation or None, test or None, the folder read), split and limited as decided (``open_dataset``)."""
-    splits = open_dataset(first.data, image_size=first.image_size, channels=first.channels, val_split=first.val_split,
-                          val_fraction=first.val_fraction, seed=first.seed, strict=first.strict, warn=warn)
-    test = splits.test.limit(first.limit_test) if splits.test is not None else None
-    return splits.train.limit(first.limit_train), splits.val, test, splits.source
-
-
-def channel_stats(data: ImageSet | torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation (with Bessel's correction) of uint8 images scaled to [0, 1].
-
-    From each channel's exact histogram of the 256 values, counted a chunk at a time: no float
-    copy of the images (Fashion-MNIST's was 350 MB), any size of set, and the same figures
-    however the set is chunked or fed.
-    """
-    chunks = data.chunks() if isinstance(data, ImageSet) else (data,)
-    channels = data.shape[1]
-    counts = torch.zeros(channels, 256, dtype=torch.float64)
-    for chunk in chunks:
-        for c in range(channels):
-            counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256).double()
-    values = torch.arange(256, dtype=torch.float64) / 255
-    n = counts.sum(1)
-    mean = (counts * values).sum(1) / n
-    var = (counts * (values - mean[:, None]) ** 2).sum(1) / (n - 1)
-    return mean.tolist(), var.sqrt().tolist()
+def load_data(first: Plan, warn: Log = warn_stderr) -> tuple[ImageSet, ImageSet | None, ImageSet | None, Path]:
+    """(train, validation or None, test or None, the folder read), split and limited as the plan says (``open_dataset``)."""
+    c = first.config
+    # A class folder is decoded at the given size, else at what the recipe's rule makes of its images' sides.
+    splits = open_dataset(c.data, image_size=c.image_size, channels=c.channels, val_split=c.val_split, val_fraction=c.val_fraction, seed=c.seed,
+                          strict=c.strict, warn=warn, side_rule=folder_side)
+    test = splits.test.limit(c.limit_test) if splits.test is not None else None
+    return splits.train.limit(c.limit_train), splits.val, test, splits.source
 
 
 def _model(config: RunConfig, train: ImageSet, device: torch.device, precision: Precision, dist: Dist,
@@ -224,9 +208,8 @@ def _model(config: RunConfig, train: ImageSet, device: torch.device, precision: 
 
 
 def _loaders(config: RunConfig, train: ImageSet, val: ImageSet | None, test: ImageSet | None, device: torch.device,
-             precision: Precision, dist: Dist, mean: list[float] | None, std: list[float] | None) -> Loaders:
-    """The run's loaders, all fed one way: resident if the splits together fit comfortably (``--feed``, data/feed.py)."""
-    feed = choose_feed(sum(split.nbytes for split in (train, val, test) if split is not None), device, config.feed)
+             precision: Precision, dist: Dist, mean: list[float] | None, std: list[float] | None, feed: Feed) -> Loaders:
+    """The run's loaders, all fed one way (``feed``, as the recipe decided: resident, or streamed)."""
 
     def loader(data: ImageSet, training: bool = False) -> DeviceLoader:
         return DeviceLoader(

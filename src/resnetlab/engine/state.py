@@ -17,23 +17,60 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..errors import ResnetlabError
-from ..fileio import atomic_path
+from ..config import RESUME_OVERRIDES, TrainConfig, load_config_file, validate
+from ..errors import ResnetlabError, first_line
+from ..util.compat import compiled_original, refused_by_weights_only
+from ..util.fileio import atomic_path
 from ..weights import versions
-from .checkpoint import load_tensors_only, unwrap
-from .config import RESUME_OVERRIDES, TrainConfig, load_config_file, validate
-from .steps import Training
+from .step import Training
 
 STATE_FILE = "train_state.pt"
 FORMAT = "resnetlab.train_state/3"  # 3: the time budget's plan; a fingerprint per split
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside ``torch.compile`` and DistributedDataParallel wrappers."""
+    while True:
+        if compiled_original(model) is not None:
+            model = compiled_original(model)
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def load_tensors_only(path: Path, *, name: str, refused_hint: str, damaged: str, damaged_hint: str = "") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: only tensors and plain containers, no code runs.
+
+    A file holding other Python objects is refused, and a damaged one reported, each in one
+    line starting with ``name`` (how the user gave the file); ``refused_hint`` and
+    ``damaged_hint`` say what to do instead, ``damaged`` says what is wrong with a broken file.
+    """
+    hint = f"; {damaged_hint}" if damaged_hint else ""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ResnetlabError(f"{name}: no such file") from None
+    except pickle.UnpicklingError as exc:
+        if refused_by_weights_only(exc):  # it names the global it refused; anything else is a broken pickle
+            raise ResnetlabError(
+                f"{name}: refused to load it: it holds Python objects, not just tensors and plain values, and "
+                f"loading it could run code; {refused_hint}"
+            ) from None
+        raise ResnetlabError(f"{name}: {damaged} ({first_line(exc)}){hint}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ResnetlabError(f"{name}: {damaged} ({first_line(exc)}){hint}") from None
 
 
 @dataclass

@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DeviceLoader, ImageSet, open_dataset
-from .errors import ResnetlabError
-from .models.small_maps import use_small_map_products
-from .runtime import Precision, resolve_precision
-from .scoring import class_scores
-from .weights import WeightsHeader
+from ..config import BASE_DEFAULTS
+from ..data import DeviceLoader, ImageSet, open_dataset
+from ..errors import ResnetlabError
+from ..models.small_maps import use_small_map_products
+from ..util.runtime import Precision, resolve_precision
+from ..scoring import class_scores
+from ..weights import WeightsHeader
 
 
 def data_folder(data: str | None, header: WeightsHeader) -> str | None:
@@ -41,8 +42,10 @@ def load_test_split(data: str | None, header: WeightsHeader) -> tuple[ImageSet, 
     # The run's own split: its image size and channels (a --channels 3 Fashion-MNIST run sees gray three times),
     # and for a class folder without test/ the validation part of the seeded split the run made.
     splits = open_dataset(data_folder(data, header), image_size=header.preprocess.stored_size or header.preprocess.size,
-                          channels=channels, val_split=0, val_fraction=config.get("val_fraction") or 0.2,
-                          seed=config.get("seed") or 0)
+                          channels=channels, val_split=0,
+                          # A checkpoint from before its header kept them: the base defaults it was made with.
+                          val_fraction=config.get("val_fraction") or BASE_DEFAULTS["val_fraction"],
+                          seed=config.get("seed") or BASE_DEFAULTS["seed"])
     (test, split), folder = splits.held_out, splits.source
     if test.shape[1] != channels or list(test.class_names) != header.class_names:
         raise ResnetlabError(

@@ -17,8 +17,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..runtime import Precision
-from .config import TrainConfig
+from ..config import RunConfig
+from ..util.compat import (
+    foreach_add_, foreach_copy_, foreach_mul_, foreach_norm, foreach_sub, loss_scale_tensors, skip_step_if,
+)
+from ..util.runtime import Precision
 from .distributed import all_max
 
 # Steps between reads of the guard's flags on an accelerator; on the CPU every step is read.
@@ -49,9 +52,9 @@ class Ema:
     def update(self, apply: torch.Tensor | None = None) -> None:
         """Move the average one step towards the model; with ``apply`` (a bool on the device) only where it holds."""
         weight = torch.tensor(1 - self.decay) if apply is None else apply.to(self._average[0].dtype) * (1 - self.decay)
-        delta = torch._foreach_sub(self._source, self._average)
-        torch._foreach_mul_(delta, weight.to(self._average[0].device))
-        torch._foreach_add_(self._average, delta)
+        delta = foreach_sub(self._source, self._average)
+        foreach_mul_(delta, weight.to(self._average[0].device))
+        foreach_add_(self._average, delta)
 
 
 def gradient_norm(model: nn.Module) -> torch.Tensor:
@@ -59,7 +62,7 @@ def gradient_norm(model: nn.Module) -> torch.Tensor:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
         return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return torch.linalg.vector_norm(torch.stack(foreach_norm(grads)))
 
 
 class GuardReading(NamedTuple):
@@ -134,7 +137,7 @@ class Snapshot:
     The copy is kept flat, one tensor per dtype and device, so that taking it and putting it
     back cost a constant number of operations however many tensors there are (on a GPU a
     ResNet-18's 60 batch-norm buffers were 120 small kernels a step as one select and one copy
-    each): per dtype, taking is one fused copy in (``torch._foreach_copy_``), and putting back
+    each): per dtype, taking is one fused copy in (``compat.foreach_copy_``), and putting back
     is one fused copy of the current values into a flat scratch tensor, one select over it
     (``torch.where``: a value it discards, NaN or inf, never reaches the result, as it would
     through ``keep * new + (1 - keep) * old``) and one fused copy out. Grouping by dtype also
@@ -157,15 +160,15 @@ class Snapshot:
     def take(self) -> None:
         """Copy the tensors' current values (one fused copy per dtype)."""
         for members, _, saved_views, _, _ in self._groups:
-            torch._foreach_copy_(saved_views, members)
+            foreach_copy_(saved_views, members)
 
     @torch.no_grad()
     def put_back(self, keep: torch.Tensor) -> None:
         """Where ``keep`` (a bool on the device) is false, give the tensors the values taken; else leave them (bit for bit)."""
         for members, saved, _, scratch, scratch_views in self._groups:
-            torch._foreach_copy_(scratch_views, members)
+            foreach_copy_(scratch_views, members)
             torch.where(keep, scratch, saved, out=scratch)
-            torch._foreach_copy_(members, scratch_views)
+            foreach_copy_(members, scratch_views)
 
 
 def _views(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -200,7 +203,7 @@ def skips_on_device(optimizer: torch.optim.Optimizer) -> bool:
 class Training:
     """What one optimisation step needs, held together: the model, its optimiser, schedule, EMA and guard."""
 
-    config: TrainConfig
+    config: RunConfig
     model: nn.Module
     step_model: nn.Module  # the model, or its torch.compile / DDP wrapper, called in training steps
     optimizer: torch.optim.Optimizer
@@ -242,8 +245,7 @@ class Training:
         self.optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaled = scaler.scale(loss)  # creates the scale on its first call
-            # PyTorch keeps the scale and its growth counter in these two device tensors.
-            scale_before = [scaler._scale.clone(), scaler._growth_tracker.clone()]
+            scale_before = [t.clone() for t in loss_scale_tensors(scaler)]
             scaled.backward()
             scaler.unscale_(self.optimizer)
         else:
@@ -257,14 +259,14 @@ class Training:
         applied = self.guard.judge(bad, global_step, stop_requested)
         skip_update = ~applied if scaler is None else ~(applied & finite_norm)
         if skips_on_device(self.optimizer):
-            self.optimizer.found_inf = skip_update.float()
+            skip_step_if(self.optimizer, skip_update.float())
             self.optimizer.step()
         elif not bool(skip_update):  # an optimiser without fused kernels: here the host must look
             self.optimizer.step()
         self.scheduler.step()
         if scaler is not None:
             scaler.update()
-            _masked_copy_([scaler._scale, scaler._growth_tracker], scale_before, applied)
+            _masked_copy_(loss_scale_tensors(scaler), scale_before, applied)
         self._buffers.put_back(applied)
         if self.ema is not None:  # after the buffers are put back: a NaN times a zero weight is still NaN
             self.ema.update(applied)

@@ -5,7 +5,7 @@ its class names and its :class:`~resnetlab.weights.Preprocess`, so images are pr
 as in training: converted to the model's channels, brought to the stored size with Pillow,
 scaled to [0, 1], resized (bilinear) to the input size, standardised. A photo (a dark object on
 a light background, off centre) is not what a Fashion-MNIST model saw: ``invert=True`` and
-``center=True`` fix it (:mod:`resnetlab.photo`), and an image whose background is the other way
+``center=True`` fix it (:mod:`resnetlab.inference.photo`), and an image whose background is the other way
 round from the training images' is warned of (:class:`UnlikeTrainingWarning`). Nothing here
 imports the training engine.
 """
@@ -20,11 +20,12 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
+from ..data.stats import border_mean
 from . import photo
-from .errors import ResnetlabError
+from ..errors import ResnetlabError
 from .explain import grad_cam
-from .images import pil_to_tensor, read_image, resize_tensor
-from .weights import WeightsHeader, load_model
+from ..data.images import pil_to_tensor, read_image, resize_tensor
+from ..weights import WeightsHeader, load_model
 
 ImageLike = Union[str, os.PathLike, torch.Tensor, Any]  # a path, a tensor or a PIL image
 
@@ -84,7 +85,7 @@ class Classifier:
 
         ``invert``: ``255 - pixels`` before anything else is done to them (a photo's dark object on
         a light background becomes a light one on a dark background, as Fashion-MNIST has them);
-        ``center``: then cropped to a square around its object (:func:`resnetlab.photo.center_on_object`)
+        ``center``: then cropped to a square around its object (:func:`resnetlab.inference.photo.center_on_object`)
         and brought to the stored size.
         """
         stored = self.preprocess.stored_size
@@ -118,14 +119,14 @@ class Classifier:
     def unlike_training(self, image: torch.Tensor) -> str | None:
         """Why a uint8 image as prepared (:meth:`to_uint8`'s) looks unlike the training images, in words, or None.
 
-        The background tells (:func:`resnetlab.photo.background_mismatch`): a light border where the
+        The background tells (:func:`resnetlab.inference.photo.background_mismatch`): a light border where the
         training images' was dark, or the reverse. The images' mean intensity is not judged: one
         Fashion-MNIST image in a hundred is brighter than 0.57 and its brightest are 0.75, so no
         distance from the mean (0.29) tells a photo from a pullover. A weight file written before
         the header kept the training images' intensity says nothing (None).
         """
         trained = self.preprocess.border_mean
-        return None if trained is None else photo.background_mismatch(trained, photo.border_mean(image))
+        return None if trained is None else photo.background_mismatch(trained, border_mean(image))
 
     def _inputs(self, images: Sequence[ImageLike] | torch.Tensor, invert: bool,
                 center: bool) -> tuple[torch.Tensor, list[str | None]]:
@@ -185,7 +186,7 @@ class Classifier:
         """Grad-CAM heatmaps [N, H, W] in [0, 1] at the model's input size: where the evidence for ``target`` lay.
 
         ``target`` is a class name or index (None: each image's top class); ``stage`` a stage name
-        (None: the last whose maps are at least 4x4; see ``model.stages()``). See :func:`resnetlab.explain.grad_cam`.
+        (None: the last whose maps are at least 4x4; see ``model.stages()``). See :func:`resnetlab.inference.explain.grad_cam`.
         """
         x = self.prepare(images)
         chosen = None if target is None else torch.full((len(x),), self.class_index(target), dtype=torch.long)

@@ -5,7 +5,7 @@ opposite, a dark object on a light, textured background and off centre, and a mo
 with confident nonsense. The background tells which way round an image is: its border (the
 outermost :data:`FRAME` pixels), mostly background, is dark in the training images and light in
 a photo. So training keeps the training images' mean intensity and border mean in the weights'
-header (:func:`intensity_stats`), prediction compares an image's border with it
+header (``data.stats.intensity_stats``), prediction compares an image's border with it
 (:func:`background_mismatch`), and two fixes are offered: :func:`invert` and
 :func:`center_on_object`. Nothing here imports the training engine.
 """
@@ -17,19 +17,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .data.imageset import ImageSet
+from ..data.stats import frame_mask
 
-# The border: the outermost 2 pixels all round, which in a data-set image (an object centred
-# and scaled to fill it) are nearly all background.
-FRAME = 2
 # An image's background is dark below DARK and light above 1 - DARK in [0, 1]; an image is
 # flagged only when its border is on the other side of the middle (0.5) from the training
 # images' border, so a gray-ish one is not (Fashion-MNIST's training border: 0.089, and only 2
 # of its 10,000 test images have a border above 0.5).
 DARK = 0.25
-# Images whose statistics are kept: a strided sample of at most this many, which already gives
-# the mean of all 60,000 Fashion-MNIST images to 0.002, in a fraction of a second.
-SAMPLE = 10_000
 # center_on_object looks for the object on a copy shrunk to about this side (box averages), so
 # that the texture of a photo's background (grain, noise, JPEG blocks) averages out, at any size.
 SEARCH_SIDE = 64
@@ -47,41 +41,6 @@ MARGIN = 0.0
 def invert(image: torch.Tensor) -> torch.Tensor:
     """``255 - pixels``: a dark object on a light background (a photo) becomes a light one on a dark background."""
     return 255 - image
-
-
-def _frame_mask(height: int, width: int) -> torch.Tensor:
-    """[H, W] booleans, true on the outermost :data:`FRAME` pixels (the whole image if it is that small)."""
-    mask = torch.zeros(height, width, dtype=torch.bool)
-    mask[:FRAME], mask[-FRAME:], mask[:, :FRAME], mask[:, -FRAME:] = True, True, True, True
-    return mask
-
-
-def border_mean(image: torch.Tensor) -> float:
-    """The mean intensity, in [0, 1], of an image's border: low for a dark background, high for a light one."""
-    return float(image[:, _frame_mask(*image.shape[-2:])].double().mean()) / 255
-
-
-def intensity_stats(images: torch.Tensor | ImageSet, sample: int = SAMPLE) -> tuple[float, float]:
-    """(mean pixel, mean border) in [0, 1] of uint8 images [N, C, H, W], over every ``ceil(N / sample)``-th image.
-
-    ``images``: a tensor, or an :class:`ImageSet` (read a chunk at a time: it may be a map larger
-    than memory). A strided sample, not a random one: the same images each time, and the data's
-    order (by class in a folder) is spread over evenly. Summed in chunks, so large images never
-    become one float copy of the sample.
-    """
-    rows = torch.arange(0, len(images), max(1, math.ceil(len(images) / sample)))
-    if len(rows) == 0:
-        return 0.0, 0.0
-    gather = images.gather if isinstance(images, ImageSet) else images.__getitem__
-    side = images.shape[-2:]
-    mask = _frame_mask(*side)
-    total = border = 0.0
-    for start in range(0, len(rows), 256):
-        chunk = gather(rows[start : start + 256])
-        total += float(chunk.sum(dtype=torch.float64))
-        border += float(chunk[:, :, mask].sum(dtype=torch.float64))
-    images_and_channels = len(rows) * images.shape[1]
-    return total / (images_and_channels * mask.numel()) / 255, border / (images_and_channels * int(mask.sum())) / 255
 
 
 def background_mismatch(trained: float, seen: float) -> str | None:
@@ -113,7 +72,7 @@ def center_on_object(image: torch.Tensor, contrast: float = CONTRAST, margin: fl
     channels, height, width = image.shape
     factor = max(1, round(max(height, width) / SEARCH_SIDE))
     small = F.adaptive_avg_pool2d(image.float()[None], (max(1, height // factor), max(1, width // factor)))[0]
-    frame = _frame_mask(*small.shape[-2:])
+    frame = frame_mask(*small.shape[-2:])
     background = small[:, frame].median(dim=1).values  # per channel
     distance = (small - background[:, None, None]).abs().amax(0)
     # The border's own spread, as its 90th percentile: a speck in a corner or an object touching the edge

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.loader import to_model_input
-from .errors import ResnetlabError
-from .models.probe import evaluating
+from ..data.loader import to_model_input
+from ..errors import ResnetlabError
+from ..models.probe import evaluating
 
 # The smallest map side (positions) that a default Grad-CAM stage may have.
 MIN_CAM_SIDE = 4

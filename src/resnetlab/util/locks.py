@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ResnetlabError
+from ..errors import ResnetlabError
 
 # The lock file in a run folder (hidden: it is not one of the run's results).
 RUN_LOCK = ".lock"

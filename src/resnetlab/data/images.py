@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from .errors import ResnetlabError
+from ..errors import ResnetlabError
 
 # What a folder is searched for; a file named on the command line is tried whatever its name.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

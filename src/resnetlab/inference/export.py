@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .data.loader import to_model_input
-from .errors import ResnetlabError, first_line
+from ..data.loader import to_model_input
+from ..errors import ResnetlabError, first_line
 from .evaluation import load_test_split
-from .fileio import atomic_path
-from .log import Log
-from .weights import WeightsHeader
+from ..util.fileio import atomic_path
+from ..util.log import Log
+from ..weights import WeightsHeader
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4

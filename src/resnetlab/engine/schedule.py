@@ -1,4 +1,4 @@
-"""The optimiser and the learning-rate schedule of a run."""
+"""The optimiser and the learning-rate schedule of a run (the schedule follows the time budget's plan)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,16 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .config import TrainConfig
+from ..config import RunConfig
+from ..util.compat import fused_optimizer_devices
 
 
 def fused_supported(device: torch.device) -> bool:
     """Whether PyTorch has fused optimiser kernels for ``device`` (they can skip a step on the device)."""
-    try:
-        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
-    except ImportError:  # an older PyTorch: CUDA had them first
-        return device.type == "cuda"
-    return device.type in _get_fused_kernels_supported_devices()
+    return device.type in fused_optimizer_devices()
 
 
-def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD or AdamW; weight decay applies to conv and linear weights, not to norms and biases.
 
     The fused implementation where the device has one: it takes the whole update in one kernel
@@ -40,12 +37,12 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 DECAYING = ("cosine", "onecycle")
 
 
-def total_steps(config: TrainConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> int:
+def total_steps(config: RunConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> int:
     """The steps the run takes: the last time-budget decision's total, else ``epochs`` full epochs."""
     return plan[-1][1] if plan else config.epochs * steps_per_epoch
 
 
-def lr_factor(step: int, config: TrainConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> float:
+def lr_factor(step: int, config: RunConfig, steps_per_epoch: int, plan: Sequence[Sequence[int]] = ()) -> float:
     """The schedule's multiplier of the peak lr at optimizer step ``step`` (0-based).
 
     Without a time budget the schedule spans ``epochs`` full epochs. With one, ``plan`` holds
@@ -92,7 +89,7 @@ def _progress(step: int, warmup: int, ceiling: int, decisions: list[tuple[int, i
     return min(1.0, value + (1 - value) * (step - start) / max(1, end - start))
 
 
-def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+def make_scheduler(config: RunConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                    plan: Sequence[Sequence[int]] = ()) -> torch.optim.lr_scheduler.LRScheduler:
     """A per-step scheduler following :func:`lr_factor`; its state dict is a step count only.
 

@@ -1,4 +1,5 @@
-"""``resnetlab.train(...)``: a run from a script or a notebook, the same run as ``resnetlab train`` with the same fields.
+"""``resnetlab.train(...)`` and ``resnetlab.resume(...)``: a run from a script or a notebook, the same run as
+``resnetlab train`` with the same fields.
 
 In Jupyter it shows the book's live figure (train loss, train accuracy, validation and test
 accuracy per epoch, redrawn in place, as d2l's ``Animator``) and a progress bar per epoch;
@@ -7,7 +8,9 @@ elsewhere it prints the run's lines. The training engine is imported only when i
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+
+from .config import LATEST
 
 
 def in_notebook() -> bool:
@@ -20,30 +23,34 @@ def in_notebook() -> bool:
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
-class LiveCurves:
-    """The run's curves as one figure in the notebook, redrawn after every epoch (``display(..., display_id=True)``)."""
+def live_curves(title: str = "", display: Callable[..., Any] | None = None, image: Callable[..., Any] | None = None):
+    """The run's curves as one figure in the notebook, redrawn after every epoch (a hook; ``display(..., display_id=True)``).
 
-    def __init__(self, title: str = "", display: Callable[..., Any] | None = None,
-                 image: Callable[..., Any] | None = None) -> None:
-        # IPython's display() and Image by default; tests pass their own (IPython is not a dependency).
-        if display is None or image is None:
-            from IPython.display import Image, display as show
+    IPython's ``display`` and ``Image`` by default; tests pass their own (IPython is not a dependency).
+    """
+    from .engine import Hook
+    from .engine.metrics import curves_figure
+    from .util.pictures import png_bytes
 
-            display, image = display or show, image or Image
-        self.title, self.display, self.image, self.handle = title, display, image, None
+    if display is None or image is None:
+        from IPython.display import Image, display as show
 
-    def __call__(self, history: list[dict]) -> None:
-        from .engine.metrics import curves_figure
-        from .pictures import png_bytes
+        display, image = display or show, image or Image
 
-        image = self.image(data=png_bytes(curves_figure(history, self.title), dpi=100))
-        if self.handle is None:
-            self.handle = self.display(image, display_id=True)
-        else:
-            self.handle.update(image)
+    class LiveCurves(Hook):
+        handle = None
+
+        def on_epoch_end(self, loop, row):
+            picture = image(data=png_bytes(curves_figure(loop.run.progress.history, title), dpi=100))
+            if self.handle is None:
+                self.handle = display(picture, display_id=True)
+            else:
+                self.handle.update(picture)
+
+    return LiveCurves()
 
 
-def train(preset: str | None = None, **fields: Any):
+def train(preset: str | None = None, hooks: Sequence[Any] = (), **fields: Any):
     """Train a model; return its :class:`~resnetlab.engine.TrainResult` (test accuracy, run folder, history, ...).
 
     ``fields`` are :class:`~resnetlab.engine.TrainConfig` fields (``data``, ``epochs``, ``lr`` ...);
@@ -51,7 +58,7 @@ def train(preset: str | None = None, **fields: Any):
     ``folder`` for your own images), then the data. ``model`` is a registered name, or your own
     ``nn.Module`` (as d2l's ``train_ch6(net, ...)`` takes one): the same loop, presets, budget,
     figure, run folder and resume train a copy of it, and ``net`` holds the best weights at the
-    end. Example::
+    end. ``hooks``: your own (``resnetlab.Hook``: a tracker, say). Example::
 
         import resnetlab
         result = resnetlab.train(data="my_images/", epochs=15)
@@ -67,25 +74,23 @@ def train(preset: str | None = None, **fields: Any):
     module = fields.pop("model") if isinstance(fields.get("model"), nn.Module) else None
     config = TrainConfig(preset=preset, **fields)
     title = type(module).__name__ if module is not None else config.model or ""
-    return fit(config, watch=_watch(f"{title} {preset or ''}".strip()), model=module)
+    return fit(config, model=module, **_shown(f"{title} {preset or ''}".strip(), hooks))
 
 
-def resume(run_dir: Any = "runs/latest", model: Any = None, **overrides: Any):
+def resume(run_dir: Any = LATEST, model: Any = None, hooks: Sequence[Any] = (), **overrides: Any):
     """Continue a stopped run (``resnetlab train --resume``); a run of your own network needs it again as ``model``."""
     from .engine import resume as resume_run
 
-    return resume_run(run_dir, watch=_watch(str(run_dir)), model=model, **overrides)
+    return resume_run(run_dir, model=model, **_shown(str(run_dir), hooks), **overrides)
 
 
-def _watch(title: str):
-    """In Jupyter a progress bar and the live figure; elsewhere nothing but the run's lines."""
-    from .engine import Watch
-
+def _shown(title: str, hooks: Sequence[Any]) -> dict[str, Any]:
+    """In Jupyter a progress bar and the live figure besides ``hooks``; elsewhere the run's lines (and a bar on a terminal)."""
     if not in_notebook():
-        return None
+        return {"hooks": list(hooks)}
     # tqdm's notebook bar is an ipywidgets widget; without ipywidgets it would fall back to text redrawn with
     # carriage returns in the cell's output, so then the live figure alone shows the progress.
-    return Watch(progress=has_widgets(), on_epoch=LiveCurves(title))
+    return {"progress": has_widgets(), "hooks": [live_curves(title), *hooks]}
 
 
 def has_widgets() -> bool:

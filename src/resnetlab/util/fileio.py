@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ResnetlabError
+from ..errors import ResnetlabError
 
 
 TMP_SUFFIX = ".tmp"

@@ -1,7 +1,7 @@
 """A whole training run: ``fit(config)`` starts one, ``resume(run_dir)`` continues one.
 
 Both set the run up (``setup.set_up``: data, the configuration resolved once, model, loaders,
-step, progress) and hand it to the loop (``train.Loop``). The run folder is the run's memory:
+step, progress) and hand it to the loop (``loop.Loop``). The run folder is the run's memory:
 ``config.json`` at the start, ``train_state.pt`` after every epoch (and every ``save_every``
 steps), so a run killed at any instant continues from its last save with the same result. Every
 duration the run reads comes from one clock, ``time.monotonic`` unless the caller passes
@@ -13,46 +13,39 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from torch import nn
 
+from ..config import LATEST, TrainConfig, check_init_file, validate
 from ..errors import ResnetlabError
-from ..fileio import remove_stale_temporaries, write_text
-from ..locks import RunLock
-from ..log import Log
 from ..models.registry import CUSTOM_PREFIX, custom_model_name, is_custom
-from ..runtime import is_out_of_memory
+from ..util.compat import is_out_of_memory
+from ..util.fileio import remove_stale_temporaries, write_text
+from ..util.locks import RunLock
+from ..util.log import Log
 from ..weights import load_model
-from .config import TrainConfig, check_init_file, validate
 from .distributed import env_rank
+from .hooks import Hook
+from .loop import Loop
 from .run_folder import TrainResult, follow_link
 from .setup import Run, out_of_memory, set_up
 from .state import STATE_FILE, open_to_resume
-from .train import Loop
 
 Clock = Callable[[], float]  # seconds, monotonic
 
 
-@dataclass
-class Watch:
-    """How a caller follows a run besides its lines: a progress bar per epoch, and a call after each epoch."""
-
-    progress: bool | None = None  # a progress bar (tqdm.auto: a widget in a notebook); None: on a terminal only
-    on_epoch: Callable[[list[dict]], None] | None = None  # called with the history after each epoch (rank 0)
-
-
-def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, watch: Watch | None = None,
-        clock: Clock = time.monotonic, model: nn.Module | None = None) -> TrainResult:
+def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, clock: Clock = time.monotonic,
+        model: nn.Module | None = None, progress: bool | None = None, hooks: Sequence[Hook] = ()) -> TrainResult:
     """Train as ``config`` says (unset fields decided by ``recipe.resolve``); write the run folder; return the results.
 
     ``started`` (a reading of ``clock``) is when the run's time budget began: the ``resnetlab``
     command passes its process's start; the default is this call. ``model``: your own network
     (any ``nn.Module`` that maps the images to one score per class) instead of ``config.model``;
     a copy of it is trained, recorded as ``custom:<class>``, and when the run ends ``model``
-    holds the best weights (those the test accuracy is of), in eval mode. Raises
+    holds the best weights (those the test accuracy is of), in eval mode. ``progress``: a bar per
+    epoch (None: on a terminal only); ``hooks``: your own (``hooks.py``: a tracker, say). Raises
     :class:`TrainingStopped` after saving the state if SIGINT or SIGTERM arrives, and
     :class:`NonFiniteLossError` (state before the bad step saved) if the loss stops being finite.
     """
@@ -64,19 +57,20 @@ def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, 
     check_module(config.model, model)
     check_init_file(validate(config))
     result = _train(config, lambda: set_up(config, log, out=config.out, module=model), started=started, clock=clock,
-                    watch=watch)
+                    progress=progress, hooks=hooks)
     return _give_back(result, model)
 
 
-def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *, started: float | None = None,
-           clock: Clock = time.monotonic, watch: Watch | None = None, model: nn.Module | None = None,
-           **overrides: Any) -> TrainResult:
+def resume(run_dir: str | os.PathLike[str] = LATEST, log: Log = print, *, started: float | None = None,
+           clock: Clock = time.monotonic, model: nn.Module | None = None, progress: bool | None = None,
+           hooks: Sequence[Hook] = (), **overrides: Any) -> TrainResult:
     """Continue the run in ``run_dir`` from its ``train_state.pt``, with the run's own config.
 
     Only the fields in ``config.RESUME_OVERRIDES`` may be changed. A run killed before its first
     save starts again from the beginning in the same folder (same seed, same result). A time
     budget goes on from what the earlier processes used (``started`` and ``clock`` as for :func:`fit`).
-    A run of your own network needs that network again (``model``, built as before).
+    A run of your own network needs that network again (``model``, built as before); ``progress``
+    and ``hooks`` as for :func:`fit`.
     """
     started = clock() if started is None else started
     run_dir = follow_link(Path(run_dir))
@@ -93,7 +87,7 @@ def resume(run_dir: str | os.PathLike[str] = "runs/latest", log: Log = print, *,
                 write_text(run_dir / "config.json", json.dumps(kept, indent=2) + "\n")
             remove_stale_temporaries(run_dir)  # half-written files of a killed process; the real ones are whole
         result = _train(given, lambda: set_up(given, log, run_dir=run_dir, state=state, module=model), started=started,
-                        clock=clock, watch=watch)
+                        clock=clock, progress=progress, hooks=hooks)
     finally:
         if lock is not None:
             lock.release()
@@ -128,7 +122,7 @@ def _give_back(result: TrainResult, module: nn.Module | None) -> TrainResult:
     return result
 
 
-def _train(given: TrainConfig, make: Callable[[], Run], *, watch: Watch | None, **loop: Any) -> TrainResult:
+def _train(given: TrainConfig, make: Callable[[], Run], **loop: Any) -> TrainResult:
     """Set the run up and train it; memory running out becomes one line naming what to lower."""
     try:
         run = make()
@@ -137,8 +131,7 @@ def _train(given: TrainConfig, make: Callable[[], Run], *, watch: Watch | None, 
             raise
         raise out_of_memory(exc, given.device or "the device", given.batch_size, None) from None
     try:
-        watch = watch or Watch()
-        return Loop(run, progress=watch.progress, on_epoch=watch.on_epoch, **loop).train()
+        return Loop(run, **loop).train()
     except RuntimeError as exc:
         if not is_out_of_memory(exc):
             raise

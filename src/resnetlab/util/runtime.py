@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import ResnetlabError
+from ..errors import ResnetlabError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "fp64")
@@ -142,14 +142,6 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name not in PRECISIONS:
         raise ResnetlabError(f"--precision {name!r} is not one of: {', '.join(PRECISIONS)}")
     return Precision(name)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether ``exc`` says the device (CUDA, MPS) or the CPU allocator ran out of memory."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    message = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message)
 
 
 def seed_everything(seed: int) -> None:
