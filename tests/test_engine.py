@@ -173,7 +173,7 @@ def test_run_folder(tiny_data, tmp_path):
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == sorted(
         ["config.json", "metrics.csv", "curves.png", "best.safetensors", "last.safetensors", "results.json",
-         "train_state.pt"]
+         "train_state.pt", ".lock"]  # .lock: the run folder's lock (util/locks.py), left unlocked when the run ends
     )
     saved = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     chosen = {k: v for k, v in config.to_dict().items() if v is not None and k != "out"}

@@ -3,7 +3,24 @@
 import torch
 
 from resnetlab.data import Augment, DeviceLoader, ImageSet
-from resnetlab.data.loader import mix_seed, random_crop, random_erase, random_flip
+from resnetlab.data.loader import _DX, _DY, _FLIP, _Y0, crop_at, draw_augmentation, erase_at, flip_where, mix_seed
+
+
+# Each augmentation on its own, as the loader applies it: its parameters drawn, then applied (the loader draws a
+# whole epoch's at once and applies them batch by batch).
+def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    p = draw_augmentation(Augment(crop_padding=padding), len(images), images.shape[-2:], images.shape[-2:], gen)
+    return crop_at(images, padding, p[:, _DY], p[:, _DX])
+
+
+def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    p = draw_augmentation(Augment(flip=True), len(images), images.shape[-2:], images.shape[-2:], gen)
+    return flip_where(images, p[:, _FLIP])
+
+
+def random_erase(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    p = draw_augmentation(Augment(erase_prob=prob), len(x), x.shape[-2:], x.shape[-2:], gen)
+    return erase_at(x, p[:, _Y0:])
 
 
 def make_set(n=40, size=8):

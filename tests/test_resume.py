@@ -307,7 +307,7 @@ def test_disk_full_during_a_state_save(tiny_data, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(torch, "save", _fail_after(torch.save, 4, STATE_FILE))
     one_line_error(capsys, tiny_args(tiny_data, run, "--save-every", "1"),
                    f"cannot write {run / STATE_FILE}", "No space left on device", "free some space")
-    assert sorted(p.name for p in run.iterdir()) == ["config.json", STATE_FILE]  # no temporary file left
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", STATE_FILE]  # no temporary file left
     monkeypatch.undo()
     assert load_train_state(run / STATE_FILE)["progress"]["global_step"] == 3  # the previous good state
     assert main(["train", "--resume", str(run)]) == 0  # space freed: the run goes on
@@ -321,7 +321,7 @@ def test_disk_full_during_a_weights_save(tiny_data, tmp_path, capsys, monkeypatc
     # Epoch 1 writes best then last; the second epoch's last.safetensors fails half-way.
     monkeypatch.setattr(weights, "save_file", _fail_after(weights.save_file, 2, "last"))
     one_line_error(capsys, tiny_args(tiny_data, run), f"cannot write {run / 'last.safetensors'}", "No space left")
-    assert not list(run.glob(".*")), "a temporary file was left behind"
+    assert not list(run.glob(".*.tmp")), "a temporary file was left behind"  # (.lock is the folder's lock)
     assert load_file(str(run / "last.safetensors"))  # the previous, whole file
 
 

@@ -26,10 +26,10 @@ from torch import nn
 
 from .data.loader import to_model_input
 from .errors import ResnetlabError, first_line
-from .util.fileio import atomic_path
 from .models import create_model
 from .models.probe import blank_batch, evaluating
 from .models.registry import CUSTOM_PREFIX, is_custom
+from .util.fileio import atomic_path
 from .version import __version__
 
 FORMAT = "resnetlab.weights/1"

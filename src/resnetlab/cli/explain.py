@@ -11,14 +11,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..inference.classifier import load
+from ..data.images import find_images, read_image
 from ..errors import ResnetlabError
+from ..inference.classifier import load
+from ..inference.explain import StageOutput, as_seen, default_stage, find_stage, stage_outputs
+from ..models import create_model, model_spec
 from ..util.fileio import make_folder
 from ..util.locks import writing_near_run
-from ..inference.explain import StageOutput, as_seen, default_stage, find_stage, stage_outputs
-from ..data.images import find_images, read_image
 from ..util.log import Log
-from ..models import create_model, model_spec
 from ..util.pictures import save_explanation, save_explanation_sheet, save_stage_maps
 from .common import parse_input_size
 

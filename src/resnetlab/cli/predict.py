@@ -14,9 +14,9 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from ..inference.classifier import load, unlike_training_lines
-from ..errors import ResnetlabError
 from ..data.images import find_images
+from ..errors import ResnetlabError
+from ..inference.classifier import load, unlike_training_lines
 from ..util.runtime import resolve_device
 from .common import DEVICES
 

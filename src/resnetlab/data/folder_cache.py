@@ -41,8 +41,8 @@ import torch
 
 from ..util.fileio import atomic_path
 from ..util.locks import exclusive_lock
-from .images import GRAY_MODES, ImageError, probe_image, read_image
 from ..util.log import progress_bar
+from .images import GRAY_MODES, ImageError, probe_image, read_image
 from .imageset import ImageSet
 
 # How a caller decides the side of images decoded at "their own" size: the readable images' sides -> a side.

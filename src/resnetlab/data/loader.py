@@ -143,28 +143,6 @@ def erase_at(x: torch.Tensor, rectangles: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(inside[:, None], 0.0)
 
 
-def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad each image by ``padding`` and crop it back to its size at a random offset."""
-    p = draw_augmentation(Augment(crop_padding=padding), len(images), images.shape[-2:], images.shape[-2:], gen)
-    p = p.to(images.device)
-    return crop_at(images, padding, p[:, _DY], p[:, _DX])
-
-
-def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror each image left-right with probability 1/2."""
-    p = draw_augmentation(Augment(flip=True), len(images), images.shape[-2:], images.shape[-2:], gen)
-    return flip_where(images, p[:, _FLIP].to(images.device))
-
-
-def random_erase(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
-    """Set one random rectangle per image to 0 (the mean after normalisation) with probability ``prob``.
-
-    Area fraction and aspect ratio are drawn as in torchvision's ``RandomErasing``.
-    """
-    p = draw_augmentation(Augment(erase_prob=prob), len(x), x.shape[-2:], x.shape[-2:], gen)
-    return erase_at(x, p[:, _Y0:].to(x.device))
-
-
 class DeviceLoader:
     """Iterate over an :class:`ImageSet` in batches that are ready for the model.
 

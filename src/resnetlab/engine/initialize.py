@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ResnetlabError, first_line
-from ..util.log import Log
-from ..models import create_model, list_models, model_spec
-from ..models.probe import blank_batch, evaluating
 from ..config import RunConfig
 from ..config.fields import INIT_SCHEMES
+from ..errors import ResnetlabError, first_line
+from ..models import create_model, list_models, model_spec
+from ..models.probe import blank_batch, evaluating
 from ..util.compat import WRAPPER_KEY_PREFIXES
+from ..util.log import Log
 from .state import load_tensors_only
 
 

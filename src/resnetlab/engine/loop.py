@@ -54,7 +54,8 @@ class Loop:
         self.reading: GuardReading | None = None  # the guard's flags at the current check point
         self.check_requested = False  # a hook asks for a check point after this step
         self.excluded = (0.0, 0)  # seconds and images of this epoch's steps left out of its img/s (compilation)
-        self.last_applied, self.last_batch = torch.ones((), dtype=torch.bool), 0  # the last step's (device) flag, images
+        # The last step's loss and whether it was applied (device tensors: read them at check points only), its images.
+        self.last_loss, self.last_applied, self.last_batch = torch.zeros(()), torch.ones((), dtype=torch.bool), 0
         self.val_seconds = 0.0  # the last validation's duration
         hooks = built_in_hooks(self, progress, list(hooks))
         self.hooks = [h for h in hooks if h.all_ranks or run.dist.is_main]
@@ -119,7 +120,7 @@ class Loop:
             p.seen += applied.long() * len(y)
             p.step += 1
             p.global_step += 1
-            self.last_applied, self.last_batch = applied, len(y)
+            self.last_loss, self.last_applied, self.last_batch = loss, applied, len(y)
             self._call("after_step")  # the time budget may re-plan here
             self.epoch_last_step = self._last_step()
             local_stop = self.stop.requested and not run.dist.enabled  # under torchrun ranks agree at checks

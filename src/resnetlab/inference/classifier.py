@@ -20,12 +20,12 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from ..data.stats import border_mean
-from . import photo
-from ..errors import ResnetlabError
-from .explain import grad_cam
 from ..data.images import pil_to_tensor, read_image, resize_tensor
+from ..data.stats import border_mean
+from ..errors import ResnetlabError
 from ..weights import WeightsHeader, load_model
+from . import photo
+from .explain import grad_cam
 
 ImageLike = Union[str, os.PathLike, torch.Tensor, Any]  # a path, a tensor or a PIL image
 

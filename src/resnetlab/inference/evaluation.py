@@ -20,8 +20,8 @@ from ..config import BASE_DEFAULTS
 from ..data import DeviceLoader, ImageSet, open_dataset
 from ..errors import ResnetlabError
 from ..models.small_maps import use_small_map_products
-from ..util.runtime import Precision, resolve_precision
 from ..scoring import class_scores
+from ..util.runtime import Precision, resolve_precision
 from ..weights import WeightsHeader
 
 

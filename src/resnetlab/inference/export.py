@@ -24,10 +24,10 @@ from torch import nn
 
 from ..data.loader import to_model_input
 from ..errors import ResnetlabError, first_line
-from .evaluation import load_test_split
 from ..util.fileio import atomic_path
 from ..util.log import Log
 from ..weights import WeightsHeader
+from .evaluation import load_test_split
 
 FORMATS = ("onnx", "torchscript")
 TOLERANCE = 1e-4
