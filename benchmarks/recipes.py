@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores/jobs threads")
     parser.add_argument("--data", default=None, help="Fashion-MNIST folder")
     args = parser.parse_args()
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)  # the cores this process may use
     print(describe("cpu"))
     print(f"{args.jobs} run(s) at once, {threads} thread(s) each; model: "
           f"{'the notes own net, built verbatim' if args.notes else 'd2l_resnet18'}; validation: Fashion-MNIST's seeded "

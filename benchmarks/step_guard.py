@@ -1,6 +1,6 @@
 """What the non-finite guard costs a training step on this CPU: guarded ``Training.train_step`` beside a plain step.
 
-The guard (``engine/steps.py``) copies the batch-norm buffers before the step, computes the
+The guard (``engine/step.py``) copies the batch-norm buffers before the step, computes the
 global gradient norm, judges the step on the device and masks what a bad step would change
 (fused optimiser skip, buffers, EMA); it reads no flag from the device. The plain step is
 forward, backward, optimiser and schedule only. Same model, batch and recipe (the ``cpu``

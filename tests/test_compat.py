@@ -48,6 +48,11 @@ def test_the_loss_scalers_state_is_its_scale_and_growth_counter_on_the_device():
     assert scaler.get_scale() == 4.0
 
 
+def test_every_batch_norm_derives_from_the_base_class():
+    assert all(issubclass(kind, compat.BatchNormBase) for kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm))
+    assert not issubclass(nn.LayerNorm, compat.BatchNormBase)
+
+
 def test_a_compiled_module_gives_its_original_and_its_keys_carry_the_prefix():
     net = nn.Linear(2, 2)
     compiled = torch.compile(net, backend="eager")
@@ -71,7 +76,7 @@ def test_the_error_texts_we_match_are_the_ones_pytorch_gives(tmp_path):
 
 
 def test_no_other_module_touches_a_private_pytorch_name_or_matches_an_error_text():
-    private = re.compile(r"torch\.(?:\w+\.)*_(?!_)\w+|\._orig_mod\b|\.found_inf\b|\._scale\b|\._growth_tracker\b"
+    private = re.compile(r"(?:torch|nn)\.(?:\w+\.)*_(?!_)\w+|\._orig_mod\b|\.found_inf\b|\._scale\b|\._growth_tracker\b"
                          r"|str\(exc\)\.lower\(\)")
     found = [f"{path.relative_to(SRC)}:{n}: {line.strip()}"
              for path in SRC.rglob("*.py") if path.name != "compat.py"

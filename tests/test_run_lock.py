@@ -39,6 +39,8 @@ def test_run_folder_around_finds_the_run_a_file_would_be_written_into(tmp_path):
     run.mkdir()
     assert run_folder_around(run / "best.onnx") is None  # not (yet) a run
     (run / "config.json").write_text("{}")
+    assert run_folder_around(run / "best.onnx") is None  # a config.json alone is not a run (a project's, say)
+    (run / "best.safetensors").write_bytes(b"")
     assert run_folder_around(run / "best.onnx") == run
     assert run_folder_around(run / "eval-best" / "report.json") == run
     assert run_folder_around(tmp_path / "elsewhere" / "report.json") is None

@@ -14,6 +14,7 @@ from ..data import download_fashion_mnist, open_dataset
 from ..data.download import DEFAULT_URL
 from ..engine.metrics import plot_curves, read_csv
 from ..errors import ResnetlabError
+from ..util.locks import writing_near_run
 from ..util.pictures import save_image_grid
 
 
@@ -62,7 +63,8 @@ def plot_command(args: argparse.Namespace) -> int:
         title = f"{config.get('model')} ({config.get('preset') or 'custom'})"
     except (OSError, ValueError):
         pass  # the title is a nicety; the curves come from metrics.csv alone
-    plot_curves(run / "curves.png", rows, title=title)
+    with writing_near_run(run / "curves.png", "resnetlab plot"):  # not while the run itself writes them
+        plot_curves(run / "curves.png", rows, title=title)
     print(f"wrote {run / 'curves.png'} from {len(rows)} epoch(s) of {run / 'metrics.csv'}")
     return 0
 

@@ -80,10 +80,9 @@ class Plan:
 
 @dataclass(frozen=True)
 class Resolved:
-    """Stage two: the run's configuration, where it runs, how the images reach it, and what to tell the user."""
+    """Stage two: the run's configuration, how the images reach it, and what to tell the user."""
 
     config: RunConfig
-    device: torch.device
     feed: Feed
     lines: list[str]
 
@@ -141,8 +140,7 @@ def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None) -
                              "lower it")
     if config.preset == "folder":
         lines.append(_folder_line(config, facts))
-    return Resolved(config=RunConfig.from_given(config), device=first.device,
-                    feed=choose_feed(facts.nbytes, device, config.feed), lines=lines)
+    return Resolved(config=RunConfig.from_given(config), feed=choose_feed(facts.nbytes, device, config.feed), lines=lines)
 
 
 def _folder_line(config: TrainConfig, facts: DataFacts) -> str:

@@ -1,11 +1,12 @@
 """Hooks: what is attached to the training loop rather than written into it, and how you attach your own.
 
-A :class:`Hook` overrides any of seven events; each gets the loop (``loop.run`` is the set-up
+A :class:`Hook` overrides any of eight events; each gets the loop (``loop.run`` is the set-up
 run: ``config``, ``progress``, ``log``, ``device`` ...):
 
 =================  =========================================================================
 ``on_run_start``   before the first step of this process (a resumed run: of the resumption)
 ``on_epoch_start`` before an epoch's first step (mid-epoch after a resume)
+``before_step``    before every step, its batch in hand
 ``after_step``     after every step; the step's values are device tensors: do not read them
                    here (on a GPU that would make the host wait for every step)
 ``at_check``       at a check point, after the step guard was read (every step on the CPU,
@@ -57,6 +58,9 @@ class Hook:
     def on_epoch_start(self, loop: "Loop") -> None:
         """Before an epoch's first step (or its next step, resumed mid-epoch)."""
 
+    def before_step(self, loop: "Loop") -> None:
+        """Before every step, its batch fetched."""
+
     def after_step(self, loop: "Loop") -> None:
         """After every step; read no device value here."""
 
@@ -79,11 +83,13 @@ class ProgressBar(Hook):
     def __init__(self, show: bool | None) -> None:
         self.show, self.bar, self.started = show, None, False  # show None: on a terminal only
 
-    def after_step(self, loop: "Loop") -> None:
-        p = loop.run.progress
+    def before_step(self, loop: "Loop") -> None:
         if not self.started:  # made at the epoch's first step, when a plan at its start has fixed its length
             self.started = True
-            self.bar = progress_bar(self.show, loop.epoch_last_step, p.step - 1, f"epoch {p.epoch + 1}/{loop.planned_epochs}")
+            p = loop.run.progress
+            self.bar = progress_bar(self.show, loop.epoch_last_step, p.step, f"epoch {p.epoch + 1}/{loop.planned_epochs}")
+
+    def after_step(self, loop: "Loop") -> None:
         if self.bar is not None:
             self.bar.update(1)
 
@@ -132,7 +138,7 @@ class CompileTiming(Hook):
     def __init__(self, steps: int) -> None:
         self.steps, self.left, self.seconds, self.began = steps, steps, 0.0, 0.0
 
-    def on_epoch_start(self, loop: "Loop") -> None:
+    def before_step(self, loop: "Loop") -> None:
         if self.left:
             loop.sync()
             self.began = loop.clock()
@@ -141,8 +147,7 @@ class CompileTiming(Hook):
         if not self.left:
             return
         loop.sync()
-        now = loop.clock()
-        seconds, self.began = now - self.began, now
+        seconds = loop.clock() - self.began
         run = loop.run
         # As the epoch counts its images: this step's batch on every rank (a rejected step counts none).
         images = int(loop.last_applied) * loop.last_batch * run.dist.world_size
@@ -191,7 +196,7 @@ class TimeBudget(Hook):
 
     def on_epoch_end(self, loop: "Loop", row: dict[str, Any]) -> None:
         val = loop.run.loaders.val
-        if val is not None:
+        if val:  # as the loop decides whether to validate (an empty split is not)
             self.planner.evaluated(loop.val_seconds, val.num_examples)
         self.planner.epoch_ended(loop.run.progress.global_step, loop.clock() - self.steps_ended_at)
 
@@ -210,15 +215,17 @@ class TimeBudget(Hook):
 
 
 def built_in_hooks(loop: "Loop", progress: bool | None, own: list[Hook]) -> list[Hook]:
-    """The loop's hooks in calling order: progress bar, compile timing, periodic saving, the caller's ``own``, time budget.
+    """The loop's hooks in calling order: compile timing, progress bar, periodic saving, the caller's ``own``, time budget.
 
-    ``progress``: a progress bar (None: on a terminal only).
+    Compile timing is first so that a warm-up step's time ends right after the step; ``progress``: a progress bar
+    (None: on a terminal only).
     """
     run, config = loop.run, loop.run.config
-    hooks: list[Hook] = [ProgressBar(progress)]
+    hooks: list[Hook] = []
     warm_up = compile_warm_up_steps(config, run.device)
     if warm_up:
         hooks.append(CompileTiming(warm_up))
+    hooks.append(ProgressBar(progress))
     if config.save_every:
         hooks.append(PeriodicSave(config.save_every))
     hooks += own

@@ -33,7 +33,7 @@ from ..config.fields import INIT_SCHEMES
 from ..errors import ResnetlabError, first_line
 from ..models import create_model, list_models, model_spec
 from ..models.probe import blank_batch, evaluating
-from ..util.compat import WRAPPER_KEY_PREFIXES
+from ..util.compat import WRAPPER_KEY_PREFIXES, BatchNormBase
 from ..util.log import Log
 from .state import load_tensors_only
 
@@ -205,7 +205,7 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
     if frozen_backbone:
         head = head_name(model)
         for name, m in model.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not name.startswith(head):
+            if isinstance(m, BatchNormBase) and not name.startswith(head):
                 m.eval()
 
 

@@ -113,6 +113,7 @@ class Loop:
         self.epoch_last_step = self._last_step()
         start, before = self.clock(), p.epoch_seconds
         for x, y in run.loaders.train.batches(p.epoch, p.step):
+            self._call("before_step")
             loss, logits, applied = training.train_step(x, y, p.global_step, self.stop.requested)
             # Sums on the device, counting only applied steps; nothing here waits for the device.
             p.loss_sum += torch.where(applied, loss.float() * len(y), 0.0)

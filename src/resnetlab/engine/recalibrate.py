@@ -17,13 +17,14 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
+from ..util.compat import BatchNormBase
 from ..util.runtime import Precision
 from .distributed import all_sum
 
 
-def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+def batch_norms(model: nn.Module) -> list[BatchNormBase]:
     """The batch-norm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    return [m for m in model.modules() if isinstance(m, BatchNormBase) and m.track_running_stats]
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from ..util.fileio import remove_stale_temporaries, write_text
 from ..util.locks import RunLock
 from ..util.log import Log
 from ..weights import load_model
-from .distributed import env_rank
+from .distributed import env_rank, launched_by_torchrun
 from .hooks import Hook
 from .loop import Loop
 from .run_folder import TrainResult, follow_link
@@ -38,7 +38,7 @@ Clock = Callable[[], float]  # seconds, monotonic
 
 def fit(config: TrainConfig, log: Log = print, *, started: float | None = None, clock: Clock = time.monotonic,
         model: nn.Module | None = None, progress: bool | None = None, hooks: Sequence[Hook] = ()) -> TrainResult:
-    """Train as ``config`` says (unset fields decided by ``recipe.resolve``); write the run folder; return the results.
+    """Train as ``config`` says (unset fields decided by ``config.resolve``); write the run folder; return the results.
 
     ``started`` (a reading of ``clock``) is when the run's time budget began: the ``resnetlab``
     command passes its process's start; the default is this call. ``model``: your own network
@@ -74,14 +74,17 @@ def resume(run_dir: str | os.PathLike[str] = LATEST, log: Log = print, *, starte
     """
     started = clock() if started is None else started
     run_dir = follow_link(Path(run_dir))
-    given, recorded, state = open_to_resume(run_dir, overrides)
-    check_module(given.model, model, run_dir)
-    if state is None:
-        check_init_file(given)  # a run that never saved starts over, from its --init file again
-    # Under torchrun only rank 0 writes, and holds the folder: a second process (the run still alive) is refused here.
-    lock = RunLock.acquire(run_dir) if env_rank() == 0 else None
+    # The process that writes (under torchrun rank 0) holds the folder before it reads the run's state: a second
+    # process (the run still alive, or another resume) is refused here, and the state it reads cannot move.
+    writes = not launched_by_torchrun() or env_rank() == 0
+    is_run = (run_dir / "config.json").is_file()  # not a run (or no folder): open_to_resume says so, and no lock is left
+    lock = RunLock.acquire(run_dir) if writes and is_run else None
     try:
-        if lock is not None:
+        given, recorded, state = open_to_resume(run_dir, overrides)
+        check_module(given.model, model, run_dir)
+        if state is None:
+            check_init_file(given)  # a run that never saved starts over, from its --init file again
+        if writes:
             if overrides:
                 kept = {k: v for k, v in recorded.to_dict().items() if k != "out"}  # config.json's fields, changed
                 write_text(run_dir / "config.json", json.dumps(kept, indent=2) + "\n")

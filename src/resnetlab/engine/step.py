@@ -1,4 +1,4 @@
-"""One optimisation step and one evaluation pass, and what they need held together.
+"""One optimisation step, and what it needs held together (the model, optimiser, schedule, EMA and guard).
 
 A training step never waits for the device. Whether its loss and gradients are finite is
 decided on the device, and a bad step changes nothing (weights, optimiser state, batch-norm

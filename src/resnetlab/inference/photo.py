@@ -3,7 +3,7 @@
 Fashion-MNIST's images are light objects centred on a black background; a phone photo is the
 opposite, a dark object on a light, textured background and off centre, and a model answers it
 with confident nonsense. The background tells which way round an image is: its border (the
-outermost :data:`FRAME` pixels), mostly background, is dark in the training images and light in
+outermost ``data.stats.FRAME`` pixels), mostly background, is dark in the training images and light in
 a photo. So training keeps the training images' mean intensity and border mean in the weights'
 header (``data.stats.intensity_stats``), prediction compares an image's border with it
 (:func:`background_mismatch`), and two fixes are offered: :func:`invert` and

@@ -56,6 +56,11 @@ def loss_scale_tensors(scaler: torch.amp.GradScaler) -> list[torch.Tensor]:
     return [scaler._scale, scaler._growth_tracker]  # type: ignore[list-item]
 
 
+# Every batch norm (1d, 2d, 3d, SyncBatchNorm, ours) derives from this private base class; it is how PyTorch's own
+# utilities (torch.optim.swa_utils.update_bn) find them.
+BatchNormBase = nn.modules.batchnorm._BatchNorm
+
+
 def compiled_original(model: nn.Module) -> nn.Module | None:
     """The module inside a ``torch.compile`` wrapper (its ``_orig_mod``), or None for a plain module."""
     return getattr(model, "_orig_mod", None)

@@ -125,6 +125,11 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
+    def __del__(self) -> None:
+        # A lock dropped without release (an exception between taking it and the caller's finally) is given back
+        # when it is collected, not held until the process ends: a notebook can then use the folder again.
+        self.release()
+
 
 @contextlib.contextmanager
 def holding_run_folder(folder: str | os.PathLike[str], command: str | None = None, instead: str = "") -> Iterator[RunLock]:
@@ -136,14 +141,17 @@ def holding_run_folder(folder: str | os.PathLike[str], command: str | None = Non
         lock.release()
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: its lock, or a ``config.json`` beside a train state or weights."""
+    return (folder / RUN_LOCK).is_file() or ((folder / "config.json").is_file() and any(
+        (folder / name).is_file() for name in ("train_state.pt", "best.safetensors", "last.safetensors")))
+
+
 def run_folder_around(path: str | os.PathLike[str]) -> Path | None:
     """The run folder that writing to ``path`` (a file or folder) writes into: ``path``'s folder or its parent
-    when it holds a run (``config.json`` or the run lock); None otherwise."""
+    when it holds a run (:func:`is_run_folder`); None otherwise."""
     path = Path(path)
-    for folder in (path.parent, path.parent.parent):
-        if (folder / "config.json").is_file() or (folder / RUN_LOCK).is_file():
-            return folder
-    return None
+    return next((folder for folder in (path.parent, path.parent.parent) if is_run_folder(folder)), None)
 
 
 @contextlib.contextmanager
