@@ -308,15 +308,17 @@ def test_the_fashion_mnist_presets_fit_their_batch_lr_and_warmup_to_a_subset():
 
     assert fit_preset_to_data("cpu", 55_000, 8, set()) == ({}, None)  # the data the preset was chosen on: as it is
     changes, line = fit_preset_to_data("cpu", 6_000, 2, set())
-    assert changes == {"batch_size": 256, "lr": 0.1, "warmup_epochs": 0.5}
+    assert changes == {"batch_size": 256, "lr": 0.1, "grad_clip": 2.83, "warmup_epochs": 0.5}
     assert line == ("the cpu preset fitted to 6,000 training images and 2 epochs: batch 256 (not 512), lr 0.1 (not 0.2), "
-                    "warm-up 0.5 epochs (not 1)")
-    assert fit_preset_to_data("cpu", 1_000, 8, set())[0] == {"batch_size": 32, "lr": 0.0125}
+                    "gradient clipped at norm 2.83 (not 2), warm-up 0.5 epochs (not 1)")
+    # The clipping follows the batch as its noise does, by the square root of the ratio.
+    assert fit_preset_to_data("cpu", 1_000, 8, set())[0] == {"batch_size": 32, "lr": 0.0125, "grad_clip": 8.0}
+    assert "grad_clip" not in fit_preset_to_data("cpu", 6_000, 8, {"grad_clip"})[0]
     assert fit_preset_to_data("fast", 256, 1, set())[0] == {"batch_size": 16, "lr": 0.00625, "warmup_epochs": 0.25}
     assert fit_preset_to_data("cpu", 10, 8, set())[0]["batch_size"] == 8  # never more than the images
     # What the user gave stays: a typed batch keeps the preset's lr too, unless that is typed as well.
     assert fit_preset_to_data("cpu", 6_000, 2, {"batch_size"})[0] == {"warmup_epochs": 0.5}
-    assert fit_preset_to_data("cpu", 6_000, 8, {"lr"})[0] == {"batch_size": 256}
+    assert fit_preset_to_data("cpu", 6_000, 8, {"lr"})[0] == {"batch_size": 256, "grad_clip": 2.83}
     assert fit_preset_to_data("cpu", 6_000, 2, {"warmup_epochs", "batch_size"}) == ({}, None)
     # The book's recipe only shrinks its batch to fit the images.
     assert fit_preset_to_data("d2l", 6_000, 10, set()) == ({}, None)
@@ -333,7 +335,7 @@ def test_a_quick_first_try_on_a_small_subset_trains(real_data, tmp_path, capsys)
     assert main(["train", "--limit-train", "256", "--epochs", "1", "--time-budget", "0", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == ("the cpu preset fitted to 256 training images and 1 epoch: batch 16 (not 512), lr 0.00625 "
-                        "(not 0.2), warm-up 0.25 epochs (not 1)")
+                        "(not 0.2), gradient clipped at norm 11.31 (not 2), warm-up 0.25 epochs (not 1)")
     saved = json.loads((out / "config.json").read_text())
     assert (saved["batch_size"], saved["lr"], saved["warmup_epochs"]) == (16, 0.00625, 0.25)
     results = json.loads((out / "results.json").read_text())

@@ -72,12 +72,14 @@ def _power_of_two_at_most(n: int) -> int:
 
 
 def fit_preset_to_data(preset: str, num_images: int, epochs: int, typed: set[str]) -> tuple[dict[str, Any], str | None]:
-    """A Fashion-MNIST preset's batch, lr and warm-up for ``num_images`` training images and ``epochs``; a line if changed.
+    """A Fashion-MNIST preset's batch, lr, clipping and warm-up for ``num_images`` training images and ``epochs``; a line
+    if changed.
 
     The presets' values are for the 55,000 training images: on 6,000 their batch 512 gave 11
     steps an epoch and lr 0.2 blew up (loss 5.8), and on 256 images the batch did not fit. So
     the batch follows :func:`batch_for` (at most the preset's), the learning rate scales with it
-    (the preset's lr per image), and the warm-up takes at most a quarter of the epochs. A field
+    (the preset's lr per image), the gradient clipping with the square root of the batch ratio
+    (a gradient's noise grows as the batch shrinks), and the warm-up takes at most a quarter of the epochs. A field
     in ``typed`` (given by flag, file or caller) is never changed; d2l only shrinks its batch to
     fit. Chosen on validation over three seeds against a square-root lr scaling
     (``benchmarks/preset_subsets.py``: on 1,000 images 0.825 against 0.795, on 6,000 0.864 against 0.818).
@@ -91,13 +93,18 @@ def fit_preset_to_data(preset: str, num_images: int, epochs: int, typed: set[str
             changes["batch_size"] = batch
             if "lr" not in typed and preset in FITTED_PRESETS:
                 changes["lr"] = values["lr"] * batch / largest
+            if "grad_clip" not in typed and values.get("grad_clip") and preset in FITTED_PRESETS:
+                # A gradient's noise, and so its norm, grows as the batch shrinks (about as 1/sqrt(batch)).
+                changes["grad_clip"] = round(values["grad_clip"] * math.sqrt(largest / batch), 2)
     warmup = values.get("warmup_epochs", 0.0)
     if "warmup_epochs" not in typed and warmup > MAX_WARMUP_SHARE * epochs:
         changes["warmup_epochs"] = MAX_WARMUP_SHARE * epochs
     if not changes:
         return changes, None
-    was = {"batch_size": f"{values['batch_size']}", "lr": f"{values['lr']:g}", "warmup_epochs": f"{warmup:g}"}
-    shown = {"batch_size": "batch {}", "lr": "lr {:g}", "warmup_epochs": "warm-up {:g} epochs"}
+    was = {"batch_size": f"{values['batch_size']}", "lr": f"{values['lr']:g}", "warmup_epochs": f"{warmup:g}",
+           "grad_clip": f"{values.get('grad_clip') or 0:g}"}
+    shown = {"batch_size": "batch {}", "lr": "lr {:g}", "warmup_epochs": "warm-up {:g} epochs",
+             "grad_clip": "gradient clipped at norm {:g}"}
     said = ", ".join(shown[k].format(v) + f" (not {was[k]})" for k, v in changes.items())
     epochs_said = f"{epochs} epoch{'' if epochs == 1 else 's'}"
     return changes, f"the {preset} preset fitted to {num_images:,} training images and {epochs_said}: {said}"
