@@ -414,3 +414,28 @@ def test_a_run_resumes_where_its_data_moved_with_data_and_only_with_the_same_ima
     one_line_error(capsys, ["train", "--resume", str(run), "--data", str(other)], "the data differ",
                    "--resume RUN_DIR --data DIR")
 
+
+
+def test_a_run_written_before_grad_clip_0_meant_off_resumes_unclipped(tiny_data, tmp_path):
+    # Before 2026-12-03 a run recorded "no clipping" as null, which now means "not given" (the cpu preset would
+    # clip): such a run resumes as it was, not refused for a config that seems to differ, and not clipped.
+    from helpers import plain_config
+    from resnetlab.engine import Hook, fit
+    from resnetlab.weights import read_header
+
+    class StopAfterTheFirstEpoch(Hook):
+        def on_epoch_end(self, loop, row):
+            raise KeyboardInterrupt  # as a second Ctrl-C would: the epoch's state is saved, the run unfinished
+
+    run = tmp_path / "run"
+    config = plain_config(data=str(tiny_data), model="d2l_resnet18", val_split=100, limit_train=100, limit_test=50,
+                          batch_size=50, epochs=2, precision="fp32", recalibrate_bn=0, out=str(run))
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, log=lambda line: None, hooks=[StopAfterTheFirstEpoch()])
+    recorded = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**recorded, "grad_clip": None}))
+    state = load_train_state(run / STATE_FILE)
+    state["config"]["grad_clip"] = None
+    torch.save(state, run / STATE_FILE)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert read_header(run / "last.safetensors").config["grad_clip"] == 0.0

@@ -167,8 +167,8 @@ class TrainConfig(_Fields):
                                      check=(at_least(1),))
     step_gamma: float | None = option("step schedule: the factor", base=0.1)
     label_smoothing: float | None = option("cross-entropy label smoothing", base=0.0, check=(not_negative, below(1)))
-    grad_clip: float | None = option("clip the global gradient norm to this value (default: off)", none_is_a_value=True,
-                                     check=(positive,))
+    grad_clip: float | None = option("clip the global gradient norm to this value (0: off; the cpu preset clips at 2, "
+                                     "scaled with the batch on subsets)", base=0.0, check=(not_negative,))
     ema_decay: float | None = option("evaluate an exponential moving average of the weights with this decay (0: off)",
                                      base=0.0, check=(not_negative, below(1, " (0: no EMA)")))
 
@@ -312,8 +312,8 @@ given, so that a run resumes on another machine and a ``config.json`` given back
 ``--data`` reads those as they are: ``device`` (``auto`` unless given: the device used is in the
 run's first line and ``results.json``) and ``channels`` (None: as the images are; the weights'
 header records what they were); ``feed`` too (how images reach the model, not what is computed).
-Four fields hold None as a value, not as "unset": ``channels``, ``limit_train`` and
-``limit_test`` (None: every image) and ``grad_clip`` (None: no clipping).
+Three fields hold None as a value, not as "unset": ``channels``, ``limit_train`` and
+``limit_test`` (None: every image).
 """
 
 
@@ -416,6 +416,17 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             raise ResnetlabError(f"--config {path}: not valid JSON ({exc})") from None
     if not isinstance(values, dict):
         raise ResnetlabError(f"--config {path}: expected a mapping of config fields")
+    return upgrade_recorded(values)
+
+
+def upgrade_recorded(values: dict[str, Any]) -> dict[str, Any]:
+    """A configuration as written by an older resnetlab, in today's terms (the same run).
+
+    Before 2026-12-03 a run wrote ``"grad_clip": null`` for no clipping; null now means "not
+    given" (the preset decides, and the ``cpu`` preset clips), and no clipping is 0.
+    """
+    if "grad_clip" in values and values["grad_clip"] is None:
+        values = {**values, "grad_clip": 0.0}
     return values
 
 

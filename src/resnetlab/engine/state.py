@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..config import RESUME_OVERRIDES, TrainConfig, load_config_file, validate
+from ..config.fields import upgrade_recorded
 from ..errors import ResnetlabError, first_line
 from ..util.compat import compiled_original, refused_by_weights_only
 from ..util.fileio import atomic_path
@@ -258,7 +259,7 @@ def _check_resumable(state: dict[str, Any], recorded: dict[str, Any], config_pat
     The fields a resumed run may change (``RESUME_OVERRIDES``) and the time budget's record,
     which config.json keeps and the state holds as progress, are not compared.
     """
-    saved = state["config"]
+    saved = upgrade_recorded(state["config"])  # as config.json was read: an older run's values in today's terms
     differ = sorted(k for k in recorded if k not in (*RESUME_OVERRIDES, "budget_plan") and saved.get(k) != recorded[k])
     if differ:
         raise ResnetlabError(

@@ -250,7 +250,7 @@ class Training:
             scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        if self.config.grad_clip is not None:
+        if self.config.grad_clip:  # 0: no clipping
             norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         else:
             norm = gradient_norm(self.model)
