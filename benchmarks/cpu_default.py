@@ -1,6 +1,6 @@
 """The default CPU run, exactly as ``make train`` starts it: wall time, what the time budget bought, accuracy.
 
-It runs ``resnetlab train`` in a subprocess with no flag but ``--out`` (and ``--data`` if given),
+It runs ``resnetlab train`` in a subprocess with no flag but ``--out`` (and ``--data``, ``--seed`` if given),
 so the preset is ``cpu`` with its 10-minute budget for the whole command, and times it from
 outside. It prints the machine (CPU model and speed flags, whether bf16 is native or forced off
 with ``RESNETLAB_CPU_BF16=0``), the run's lines, a table per epoch with the achieved GFLOP/s of
@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--load-after", type=float, help="seconds into the run at which a competing load starts")
     parser.add_argument("--load-share", type=float, default=0.3, help="share of one core the load keeps busy")
     parser.add_argument("--src", default=None, help="run this src folder's resnetlab instead (a before/after comparison)")
+    parser.add_argument("--seed", type=int, default=None, help="--seed for the run (default: the preset's, 0, as make train)")
     args = parser.parse_args()
     print(describe("cpu"))
     from resnetlab.util.runtime import cpu_has_native_bf16
@@ -69,6 +70,7 @@ def main() -> None:
         command = [sys.executable, "-m", "resnetlab", "train", "--out", str(run)]
         command += ["--data", args.data] if args.data else []
         command += ["--test-each-epoch"] if args.test_each_epoch else []
+        command += ["--seed", str(args.seed)] if args.seed is not None else []
         start = time.perf_counter()
         load = None
         if args.load_after is not None:
