@@ -64,6 +64,8 @@ def test_config_file_and_flag_precedence(tiny_data, tmp_path):
         (["--model", "resnet19"], ["unknown model 'resnet19'", "resnet18"]),
         (["--lr", "abc"], ["--lr", "invalid float value"]),
         (["--limit-train", "0"], ["--limit-train 0 must be at least 1"]),
+        (["--grad-clip", "nan"], ["--grad-clip nan must be a finite number"]),
+        (["--lr", "inf"], ["--lr inf must be a finite number"]),
         (["--model-args", "{bad"], ["--model-args is not valid JSON"]),
         (["--model-args", '{"stem": "huge"}'], ["unknown stem"]),
         (["--device", "cuda"], ["--device cuda"]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -354,6 +355,10 @@ def validate(config: TrainConfig | Any) -> Any:
         if allowed and value not in allowed:
             raise ResnetlabError(f"{flag(name)} {value!r} is not one of: {', '.join(map(str, allowed))}")
     for name, value in values.items():
+        # nan passes no comparison the way it should ("--grad-clip nan must not be negative"), and inf
+        # is no setting of any field: both are refused here, once for every number.
+        if isinstance(value, float) and not math.isfinite(value) and name in _DECLARED:
+            raise ResnetlabError(f"{flag(name)} {value} must be a finite number")
         for check in meta(name)["check"] if value is not None and name in _DECLARED else ():
             problem = check(value)
             if problem:
