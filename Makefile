@@ -16,7 +16,7 @@ setup: $(STAMP)
 # Re-install only when the package's metadata changed.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e '.[dev,onnx]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_PIN)" -e '.[dev,onnx,tensorboard]'
 	@touch $@
 
 data:

@@ -33,6 +33,7 @@ RECIPES = {
     "shipped": {},  # the preset as it is
     "no-clip": {"grad_clip": None},  # as before issue 28: no gradient clipping (removed from the preset: base 0, off)
     "clip-1": {"grad_clip": 1.0},
+    "no-avg": {"ema_decay": None, "tta": None},  # as before 2026-12-04: the last weights, no flip TTA
 }
 SMOOTH = 5
 _SHIPPED: dict = {}  # the cpu preset as shipped, kept by each worker before it patches it

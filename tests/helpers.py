@@ -244,3 +244,30 @@ def wait_for(path: Path, proc, timeout: float = 300) -> None:
             pytest.fail(f"the run ended before {path.name} appeared: {proc.stderr.read()}")
         assert time.monotonic() < deadline, f"no {path.name} after {timeout} s"
         time.sleep(0.02)
+
+
+def read_events(folder: Path):
+    """TensorBoard's own reader over ``folder``'s event files (purges applied), everything kept."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"tensors": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series of a run folder's TensorBoard events as (step, value) pairs, in the order TensorBoard keeps them."""
+    from tensorboard.util import tensor_util
+
+    events = read_events(folder)
+    series = {}
+    for tag in events.Tags()["tensors"]:
+        if events.SummaryMetadata(tag).plugin_data.plugin_name == "scalars":
+            series[tag] = [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+    return series
+
+
+def plugin_tags(folder: Path, plugin: str) -> list[str]:
+    """The tags of one TensorBoard plugin (images, text, hparams ...) in ``folder``'s event files."""
+    return sorted(read_events(folder).PluginTagToContent(plugin))
+

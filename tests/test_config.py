@@ -28,7 +28,7 @@ def test_each_field_is_declared_once_and_everything_else_derives_from_it():
     assert train.help == meta("lr")["help"] and train.option_strings == [flag("lr")]
     flags = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
     assert {n for n in field_names() if has_flag(n)} <= flags and "budget_plan" not in flags
-    assert set(RESUME_OVERRIDES) == {"data", "feed", "save_every", "skip_nonfinite"}
+    assert set(RESUME_OVERRIDES) == {"data", "feed", "save_every", "skip_nonfinite", "tensorboard"}
     assert BASE_DEFAULTS["batch_size"] == 256 and BASE_DEFAULTS["lr"] == 0.05  # the book's train_ch6
 
 

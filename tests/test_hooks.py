@@ -58,3 +58,14 @@ def test_the_documented_example_runs(tmp_path, monkeypatch, capsys):
     rows = scope["log"].rows
     assert [r["epoch"] for r in rows] == [1, 2] and scope["log"].config["epochs"] == 2
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"{scope['log'].config['lr']} [{{'epoch': 1")
+
+
+def test_the_readme_tracker_runs(tmp_path, monkeypatch, capsys):
+    readme = DOCS.parents[1] / "README.md"
+    code = re.search(r"```python\n(import resnetlab\n\nclass ToMyLogger.*?)```", readme.read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESNETLAB_DATA", str(write_fashion_mnist(tmp_path / "data", n_train=5600, n_test=100)))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "params" in out and re.search(r"^epoch 2 val acc [01]\.\d+$", out, re.M), out
+

@@ -15,7 +15,7 @@ from helpers import one_line_error, plain_config
 from resnetlab.cli import main
 from resnetlab.data import DeviceLoader, load_split
 from resnetlab.engine import fit
-from resnetlab.inference.evaluation import classification_report
+from resnetlab.scoring import classification_report
 
 
 def png(path, array):

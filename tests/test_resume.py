@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import make_images, one_line_error, train_child, wait_for, write_idx
+from helpers import make_images, one_line_error, scalars, train_child, wait_for, write_idx
 from resnetlab.cli import main
 from resnetlab.engine.state import STATE_FILE, load_train_state
 
@@ -129,6 +129,18 @@ def test_killed_three_times_and_resumed_equals_uninterrupted(tiny_data, tmp_path
     assert "resuming resnet18" in out and out.strip().splitlines()[-1].endswith("examples/sec on cpu")
     assert_same_run(reference, run)
     assert not list(run.glob(".*.tmp")), "a temporary file of a killed save was left behind"
+    assert_same_curves(reference, run)
+
+
+def assert_same_curves(a: Path, b: Path) -> None:
+    """Two runs' TensorBoard series hold the same steps, each once, with the same values (measured speed aside):
+    what a killed process wrote past its last save was purged, and written again by the run that went on."""
+    pytest.importorskip("tensorboard", reason="the tensorboard package is not installed")
+    series_a, series_b = ({k: v for k, v in scalars(d).items() if k != "train/images_per_sec"} for d in (a, b))
+    assert series_a.keys() == series_b.keys() and "train/loss" in series_a
+    assert [s for s, _ in series_a["train/loss"]] == list(range(STEPS))
+    for tag in series_a:
+        assert series_a[tag] == series_b[tag], tag
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import torch
 from ..data.feed import FEEDS, choose_feed
 from ..inference.evaluation import compare_with_training, format_table, load_test_split, make_report, scoring_precision, split_logits
 from ..inference.explain import as_seen, grad_cam
+from ..scoring import mistake_titles
 from ..util.fileio import make_folder, write_text
 from ..util.locks import writing_near_run
 from ..util.log import Log
@@ -98,7 +99,7 @@ def evaluate_checkpoint(
         worst = torch.tensor([m["index"] for m in report["mistakes"]], dtype=torch.long)
         if len(worst):
             pixels = test.gather(worst)  # only these images are read, however large the split
-            titles = [f"{m['true']}\n-> {m['predicted']} ({m['prob']:.2f})" for m in report["mistakes"]]
+            titles = mistake_titles(report)
             if explain:  # what the model looked at for the class it wrongly chose
                 model.float().to(memory_format=torch.contiguous_format)
                 x = header.preprocess(pixels.to(dev)).float()
@@ -111,9 +112,32 @@ def evaluate_checkpoint(
                 save_image_grid(out_dir / "mistakes.png", pixels, titles, title_colors=["firebrick"] * len(worst))
         else:
             (out_dir / "mistakes.png").unlink(missing_ok=True)  # no mistakes: no stale picture from an earlier run
+        pictures_in_tensorboard(checkpoint, out_dir, report, test, header, split)
         log(f"{split} acc {report['accuracy']:.4f}")
         log(format_table(report))
-        log(f"{report['count']:,} {split} images from {folder} ({fed.reason}); report.json, confusion.png, mistakes.png in {out_dir}")
+        log(f"{report['count']:,} {split} images from {folder} ({fed.reason}); report.json, confusion.png, mistakes.png"
+            f"{' (and TensorBoard event files)' if any(out_dir.glob('events.out.tfevents.*')) else ''} in {out_dir}")
         if note:
             log(note)
         return report
+
+
+def pictures_in_tensorboard(checkpoint: Path, out_dir: Path, report: dict[str, Any], test, header, split: str) -> None:
+    """An evaluation written into the checkpoint's run folder (the default ``eval-<name>/``): its accuracy, confusion
+    matrix and mistakes go to TensorBoard event files there too (a run of its own, at the checkpoint's epoch; an
+    evaluation repeated there replaces the earlier one's, by TensorBoard's purge)."""
+    from ..engine.tensorboard import add_report_pictures, open_writer, tensorboard_installed
+
+    run_folder = checkpoint.parent.resolve()
+    if not (run_folder / "config.json").is_file() or run_folder not in out_dir.resolve().parents:
+        return
+    if not tensorboard_installed():
+        return
+    step = header.epoch or 0
+    writer = open_writer(out_dir, purge_step=step)
+    try:
+        writer.add_scalar(f"{split}/acc", report["accuracy"], step)
+        writer.add_scalar(f"{split}/loss", report["loss"], step)
+        add_report_pictures(writer, split, report, test, header.class_names, step)
+    finally:
+        writer.close()

@@ -207,6 +207,8 @@ class TrainConfig(_Fields):
     out: str | None = option("run folder (default: runs/<date-time>-<model>)")
     save_every: int | None = option("also save train_state.pt every N steps, not only after each epoch (0: epochs only)",
                                     base=0, check=(not_negative,), resume=True)
+    tensorboard: bool | None = option("write TensorBoard event files into the run folder's tensorboard/ (needs the "
+                                      "tensorboard package: pip install \"resnetlab[tensorboard]\")", base=True, resume=True)
     skip_nonfinite: bool | None = option("skip a batch whose loss or gradients are NaN/inf (counted) instead of stopping "
                                          "with exit 3", base=False, resume=True)
 

@@ -16,6 +16,7 @@ would, and no step waits for a copy.
 
 from __future__ import annotations
 
+import copy
 import math
 import queue
 import threading
@@ -215,6 +216,12 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.rank = rank
         self.world_size = world_size
+
+    def whole(self) -> "DeviceLoader":
+        """This loader over every example, not one rank's share (the same batches as in a single process)."""
+        whole = copy.copy(self)
+        whole.rank, whole.world_size = 0, 1
+        return whole
 
     @property
     def num_examples(self) -> int:

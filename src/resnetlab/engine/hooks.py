@@ -170,13 +170,13 @@ class TimeBudget(Hook):
 
     all_ranks = True  # rank 0 decides, every rank follows (a collective)
 
-    def __init__(self, loop: "Loop") -> None:
+    def __init__(self, loop: "Loop", final_passes: int = 1) -> None:
         run, loaders, config = loop.run, loop.run.loaders, loop.run.config
         per_epoch = sum(loader.num_examples for loader in (loaders.val, loaders.recalibration) if loader)
         per_epoch += loaders.test.num_examples if config.test_each_epoch and loaders.test else 0
         self.planner = Planner(clock=loop.clock, sync=loop.sync, first_step=run.progress.global_step,
                                total=loop.total_steps, batch_size=config.batch_size, tta=config.tta,
-                               epoch_end_images=per_epoch, final_images=loaders.test.num_examples if loaders.test else 0)
+                               epoch_end_images=per_epoch, final_images=final_passes * loaders.test.num_examples if loaders.test else 0)
         self.steps_ended_at = 0.0
 
     def on_epoch_start(self, loop: "Loop") -> None:
@@ -211,25 +211,37 @@ class TimeBudget(Hook):
             return  # the plan holds
         p.plan.append([p.global_step, steps])
         run.training.rewind(p.global_step)  # the next step's lr, already set, follows the new plan
-        run.log(plan_line(config.time_budget, steps, run.steps_per_epoch, ceiling, config.batch_size, costs, when))
+        line = plan_line(config.time_budget, steps, run.steps_per_epoch, ceiling, config.batch_size, costs, when)
+        loop.notes.append((p.global_step, line))
+        run.log(line)
 
 
 def built_in_hooks(loop: "Loop", progress: bool | None, own: list[Hook]) -> list[Hook]:
-    """The loop's hooks in calling order: compile timing, progress bar, periodic saving, the caller's ``own``, time budget.
+    """The loop's hooks in calling order: compile timing, progress bar, TensorBoard, periodic saving, the caller's
+    ``own``, time budget.
 
     Compile timing is first so that a warm-up step's time ends right after the step; ``progress``: a progress bar
     (None: on a terminal only).
     """
+    from .tensorboard import INSTALL_HINT, TensorBoardLog, tensorboard_installed  # (it imports this module)
+
     run, config = loop.run, loop.run.config
     hooks: list[Hook] = []
     warm_up = compile_warm_up_steps(config, run.device)
     if warm_up:
         hooks.append(CompileTiming(warm_up))
     hooks.append(ProgressBar(progress))
+    tensorboard = config.tensorboard and tensorboard_installed()
+    if tensorboard:  # before saving: a step's values are on disk before a state that includes the step
+        hooks.append(TensorBoardLog())
+    elif config.tensorboard:
+        run.log(f"TensorBoard: no event files, the tensorboard package is not installed ({INSTALL_HINT}; "
+                "--no-tensorboard says you do not want them)")
     if config.save_every:
         hooks.append(PeriodicSave(config.save_every))
     hooks += own
     if config.time_budget and not config.budget_plan:  # a run given its plan (repeated from config.json) follows it
-        hooks.append(TimeBudget(loop))
+        # With TensorBoard the best weights go over the test split twice at the end (the test, then its pictures).
+        hooks.append(TimeBudget(loop, final_passes=2 if tensorboard and run.dist.is_main else 1))
     return hooks
 

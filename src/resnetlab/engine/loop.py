@@ -57,6 +57,7 @@ class Loop:
         # The last step's loss and whether it was applied (device tensors: read them at check points only), its images.
         self.last_loss, self.last_applied, self.last_batch = torch.zeros(()), torch.ones((), dtype=torch.bool), 0
         self.val_seconds = 0.0  # the last validation's duration
+        self.notes: list[tuple[int, str]] = []  # (global step, line): the time budget's decisions, for the record
         hooks = built_in_hooks(self, progress, list(hooks))
         self.hooks = [h for h in hooks if h.all_ranks or run.dist.is_main]
         if run.config.budget_plan:
@@ -143,17 +144,17 @@ class Loop:
 
     def _check(self, at_end: bool) -> None:
         """A check point, the one place between epoch ends where the host may wait for the device: read the guard,
-        stop on a non-finite step, or on a signal (saving first; ``at_end``: the epoch's end will), then the hooks."""
+        stop on a non-finite step, call the hooks, then stop on a signal (saving first; ``at_end``: the epoch's end will)."""
         run, p = self.run, self.run.progress
         self.reading = run.training.guard.read()
         self.check_requested = False
         p.skipped += self.reading.skipped
         if self.reading.halted:
             self._non_finite(self.reading.first_bad)
+        self._call("at_check")  # before a stop's save: what the hooks record of this step precedes the state
         if not at_end and (self.reading.stop if run.dist.enabled else self.stop.requested):
             self.save_state()
             self._stopped()
-        self._call("at_check")
 
     def _call(self, event: str, *args: Any) -> None:
         for hook in self.hooks:
@@ -186,14 +187,15 @@ class Loop:
         if loaders.recalibration is not None:  # batch-norm statistics recomputed for these weights (recalibrate.py)
             recalibrate_batchnorm(net, (x for x, _ in loaders.recalibration.batches()), device=run.device,
                                   precision=run.precision, average_over_ranks=run.dist.enabled and not config.sync_bn)
-        val_acc = None
+        val_acc = val_loss = None
         if loaders.val:
             began = self.clock()
-            val_acc = self._evaluate(net, loaders.val)["acc"]
+            scores = self._evaluate(net, loaders.val)
+            val_acc, val_loss = scores["acc"], scores["loss"]
             self.val_seconds = self.clock() - began
         test_acc = self._evaluate(net, loaders.test)["acc"] if config.test_each_epoch and loaders.test else None
         row = {"epoch": p.epoch + 1, "lr": run.training.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-               "train_acc": train_acc, "val_acc": val_acc, "test_acc": test_acc,
+               "train_acc": train_acc, "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc,
                "examples_per_sec": self._epoch_rate(seen, p.epoch_seconds), "seconds": p.epoch_seconds}
         self.excluded = (0.0, 0)
         best_changed = p.close_epoch(row, seen)

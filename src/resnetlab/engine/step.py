@@ -38,6 +38,9 @@ class Ema:
 
     ``module`` starts as a copy of the model and moves towards it by ``1 - decay`` per step; an
     update can be masked on the device (a step the guard rejected leaves the average as it was).
+    Given the step's index ``t``, the decay is warmed up as timm's (``ModelEmaV3``, ``use_warmup``):
+    ``min(decay, (1 + t) / (10 + t))``, so that early steps count and a short run's average is not
+    held back by the random weights it started from (0.99 would keep 15% of them after 190 steps).
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -48,10 +51,16 @@ class Ema:
         floats = lambda m: [t for t in chain(m.parameters(), m.buffers()) if t.is_floating_point()]  # noqa: E731
         self._average, self._source = floats(self.module), floats(model)
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay of step ``step`` (counted from 0; None: the full decay)."""
+        return self.decay if step is None else min(self.decay, (1 + step) / (10 + step))
+
     @torch.no_grad()
-    def update(self, apply: torch.Tensor | None = None) -> None:
-        """Move the average one step towards the model; with ``apply`` (a bool on the device) only where it holds."""
-        weight = torch.tensor(1 - self.decay) if apply is None else apply.to(self._average[0].dtype) * (1 - self.decay)
+    def update(self, apply: torch.Tensor | None = None, step: int | None = None) -> None:
+        """Move the average one step towards the model (``step``: its index, for the warm-up; None: the full decay);
+        with ``apply`` (a bool on the device) only where it holds."""
+        rate = 1 - self.decay_at(step)
+        weight = torch.tensor(rate) if apply is None else apply.to(self._average[0].dtype) * rate
         delta = foreach_sub(self._source, self._average)
         foreach_mul_(delta, weight.to(self._average[0].device))
         foreach_add_(self._average, delta)
@@ -269,7 +278,7 @@ class Training:
             _masked_copy_(loss_scale_tensors(scaler), scale_before, applied)
         self._buffers.put_back(applied)
         if self.ema is not None:  # after the buffers are put back: a NaN times a zero weight is still NaN
-            self.ema.update(applied)
+            self.ema.update(applied, global_step)
         return StepOutput(loss.detach(), logits.detach(), applied)
 
     def rewind(self, global_step: int) -> None:

@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import BASE_DEFAULTS
 from ..data import DeviceLoader, ImageSet, open_dataset
 from ..errors import ResnetlabError
 from ..models.small_maps import use_small_map_products
-from ..scoring import class_scores
+from ..scoring import class_scores, score_report
 from ..util.runtime import Precision, resolve_precision
 from ..weights import WeightsHeader
 
@@ -76,25 +75,6 @@ def compare_with_training(test: ImageSet, folder: Path, split: str, header: Weig
     return f"note: these {split} images are not the ones the run measured ({why}); the figures are not the run's"
 
 
-def classification_report(labels: torch.Tensor, preds: torch.Tensor, class_names: list[str]) -> dict[str, Any]:
-    """Confusion matrix (rows true, columns predicted), per-class precision, recall, F1, support, and macro means."""
-    k = len(class_names)
-    confusion = torch.bincount(labels * k + preds, minlength=k * k).view(k, k)
-    tp = confusion.diag().double()
-    predicted, actual = confusion.sum(0).double(), confusion.sum(1).double()
-    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
-    recall = torch.where(actual > 0, tp / actual.clamp_min(1), torch.zeros_like(tp))
-    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12), torch.zeros_like(tp))
-    per_class = [
-        {"class": name, "precision": precision[i].item(), "recall": recall[i].item(), "f1": f1[i].item(),
-         "support": int(actual[i])}
-        for i, name in enumerate(class_names)
-    ]
-    macro = {"precision": precision.mean().item(), "recall": recall.mean().item(), "f1": f1.mean().item(),
-             "support": int(actual.sum())}
-    return {"per_class": per_class, "macro": macro, "confusion": confusion.tolist()}
-
-
 def format_table(report: dict[str, Any]) -> str:
     """The per-class table, as printed by ``resnetlab eval``."""
     width = max(12, *(len(r["class"]) for r in report["per_class"]))
@@ -147,21 +127,8 @@ def make_report(logits: torch.Tensor, test: ImageSet, header: WeightsHeader, *, 
 
     ``about`` (checkpoint, data, split, tta, precision, device, same_images_as_training) is recorded as given.
     """
-    labels = test.labels
-    confidence, preds = logits.softmax(1).max(1)
-    correct = int((preds == labels).sum())
-    report: dict[str, Any] = {
-        **{k: about[k] for k in ("checkpoint", "data", "split")},
-        "count": len(labels), "correct": correct, "accuracy": correct / len(labels),
-        "loss": F.cross_entropy(logits, labels).item(),
-        **{k: v for k, v in about.items() if k not in ("checkpoint", "data", "split")},
-        **classification_report(labels, preds, header.class_names),
-    }
-    wrong = (preds != labels).nonzero().flatten()
-    worst = wrong[confidence[wrong].argsort(descending=True)][:mistakes]
-    names = header.class_names
-    report["mistakes"] = [
-        {"index": int(i), "true": names[labels[i]], "predicted": names[preds[i]], "prob": confidence[i].item()}
-        for i in worst
-    ]
-    return report
+    scores = score_report(logits, test.labels, header.class_names, mistakes=mistakes)
+    first = ("count", "correct", "accuracy", "loss")
+    return {**{k: about[k] for k in ("checkpoint", "data", "split")}, **{k: scores[k] for k in first},
+            **{k: v for k, v in about.items() if k not in ("checkpoint", "data", "split")},
+            **{k: v for k, v in scores.items() if k not in first}}

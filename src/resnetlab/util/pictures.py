@@ -110,14 +110,9 @@ def save_explanation_sheet(path: str | os.PathLike[str], images: Sequence[torch.
     save_figure(fig, path, dpi=110)
 
 
-def save_image_grid(
-    path: str | os.PathLike[str],
-    images: torch.Tensor,
-    titles: Sequence[str],
-    num_cols: int = 8,
-    title_colors: Sequence[str] | None = None,
-) -> None:
-    """Draw uint8 images [N, C, H, W] in a grid, each with its title above (as d2l's ``show_images``)."""
+def image_grid_figure(images: torch.Tensor, titles: Sequence[str], num_cols: int = 8,
+                      title_colors: Sequence[str] | None = None):
+    """uint8 images [N, C, H, W] in a grid, each with its title above (as d2l's ``show_images``); the figure."""
     n = len(images)
     num_cols = max(1, min(num_cols, n))
     num_rows = max(1, math.ceil(n / num_cols))
@@ -130,11 +125,22 @@ def save_image_grid(
         _show(ax, images[i])
         color = title_colors[i] if title_colors is not None else "black"
         ax.set_title(titles[i], fontsize=7, color=color)
-    save_figure(fig, path)
+    return fig
 
 
-def save_confusion(path: str | os.PathLike[str], matrix: torch.Tensor, class_names: Sequence[str], title: str = "") -> None:
-    """Draw a confusion matrix (rows: true class, columns: predicted) with the counts in the cells."""
+def save_image_grid(
+    path: str | os.PathLike[str],
+    images: torch.Tensor,
+    titles: Sequence[str],
+    num_cols: int = 8,
+    title_colors: Sequence[str] | None = None,
+) -> None:
+    """Draw uint8 images [N, C, H, W] in a grid, each with its title above, into ``path`` (see :func:`image_grid_figure`)."""
+    save_figure(image_grid_figure(images, titles, num_cols, title_colors), path)
+
+
+def confusion_figure(matrix: torch.Tensor, class_names: Sequence[str], title: str = ""):
+    """A confusion matrix (rows: true class, columns: predicted) with the counts in the cells; the figure."""
     k = len(class_names)
     size = max(5.0, 0.55 * k + 2)
     fig = figure(size, size)
@@ -153,4 +159,9 @@ def save_confusion(path: str | os.PathLike[str], matrix: torch.Tensor, class_nam
             for p in range(k):
                 ax.text(p, t, str(int(counts[t, p])), ha="center", va="center", fontsize=7,
                         color="white" if counts[t, p] > top / 2 else "black")
-    save_figure(fig, path)
+    return fig
+
+
+def save_confusion(path: str | os.PathLike[str], matrix: torch.Tensor, class_names: Sequence[str], title: str = "") -> None:
+    """Draw a confusion matrix into ``path`` (see :func:`confusion_figure`)."""
+    save_figure(confusion_figure(matrix, class_names, title), path)
