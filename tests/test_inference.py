@@ -213,6 +213,24 @@ def test_eval_of_a_three_channel_fashion_mnist_run(tiny_data, tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"test acc {results['test_acc']:.4f}")
 
 
+@pytest.mark.slow
+def test_eval_scores_as_the_run_scored_with_or_without_tta(tiny_data, tmp_path, capsys):
+    # A run scored with flip TTA (the cpu preset is): eval does the same unless told otherwise, so its figures are the run's.
+    out = tmp_path / "run"
+    fit(plain_config(model="d2l_resnet18", data=str(tiny_data), val_split=100, limit_train=200, batch_size=50, epochs=1,
+                     tta=True, precision="fp32", out=str(out)), log=lambda line: None)
+    results = json.loads((out / "results.json").read_text())
+    reports = {}
+    for flag in ([], ["--no-tta"]):
+        assert main(["eval", str(out / "best.safetensors"), "--out", str(tmp_path / f"e{len(flag)}"), *flag]) == 0
+        reports[bool(flag)] = json.loads((tmp_path / f"e{len(flag)}" / "report.json").read_text())
+    capsys.readouterr()
+    assert reports[False]["tta"] is True and reports[True]["tta"] is False
+    assert reports[False]["accuracy"] == results["test_acc"]
+    assert reports[False]["loss"] == pytest.approx(results["test_loss"], rel=1e-5)
+    assert reports[True]["loss"] != pytest.approx(results["test_loss"], rel=1e-5)  # TTA changes the scores
+
+
 def test_inference_imports_nothing_from_the_training_engine(ckpt, tmp_path):
     image = png(tmp_path / "x.png", np.full((28, 28), 90, dtype=np.uint8))
     code = (

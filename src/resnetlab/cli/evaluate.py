@@ -34,7 +34,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", metavar="CKPT", help="a .safetensors file written by training")
     p.add_argument("--data", metavar="DIR", help="data folder (default: the one the checkpoint was trained on)")
     p.add_argument("--out", metavar="DIR", help="folder for report.json, confusion.png, mistakes.png (default: eval-<name> beside CKPT)")
-    p.add_argument("--tta", action="store_true", help="average with the mirrored image's prediction")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the mirrored image's prediction (default: as the run scored, so figures match "
+                        "the run's; the cpu and best presets do)")
     p.add_argument("--explain", action="store_true", help="draw Grad-CAM heatmaps of the predicted class over mistakes.png")
     p.add_argument("--device", choices=DEVICES, default="auto", help="where to run (default: auto)")
     p.add_argument("--precision", choices=PRECISIONS,
@@ -58,7 +60,7 @@ def evaluate_checkpoint(
     data: str | None = None,
     out: str | os.PathLike[str] | None = None,
     *,
-    tta: bool = False,
+    tta: bool | None = None,
     device: str = "auto",
     precision: str | None = None,
     batch_size: int | None = None,
@@ -69,7 +71,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a weight file on its data set's test split; write the report and pictures; return the report.
 
-    ``precision`` None (and ``batch_size`` None) take the run's own settings from the checkpoint,
+    ``precision``, ``tta`` and ``batch_size`` None take the run's own settings from the checkpoint,
     so on the same machine the accuracy equals the one training reported. ``feed``: how the
     images reach the model (data/feed.py); the figures are the same either way.
     """
@@ -78,6 +80,8 @@ def evaluate_checkpoint(
     # Into a run's folder (the default) only while no other process writes there: a run still training is named.
     with writing_near_run(out_dir / "report.json", "resnetlab eval"):
         model, header = load_model(checkpoint)
+        if tta is None:
+            tta = bool(header.config.get("tta", False))
         test, folder, split = load_test_split(data, header)
         note = compare_with_training(test, folder, split, header)
         make_folder(out_dir)
