@@ -117,7 +117,7 @@ def write_shape_folder(root: Path, per_class: int = 30, layout: str = "single", 
 # from the cpu preset, as `resnetlab train` does). A test's outcome must not depend on the machine's
 # speed, so runs in tests never have a time budget on the real clock (test_budget.py uses FakeClock).
 PLAIN = dict(schedule="constant", warmup_epochs=0.0, crop_padding=0, flip=False, label_smoothing=0.0, nesterov=False,
-             weight_decay=0.0, grad_clip=0.0, time_budget=0.0)
+             weight_decay=0.0, grad_clip=0.0, ema_decay=0.0, tta=False, time_budget=0.0)
 
 
 def plain_config(**fields):
