@@ -19,7 +19,7 @@ from ..config import BASE_DEFAULTS
 from ..data import DeviceLoader, ImageSet, open_dataset
 from ..errors import ResnetlabError
 from ..models.small_maps import use_small_map_products
-from ..scoring import class_scores, score_report
+from ..scoring import score_report, split_scores
 from ..util.runtime import Precision, resolve_precision
 from ..weights import WeightsHeader
 
@@ -113,12 +113,7 @@ def split_logits(model: nn.Module, header: WeightsHeader, test: ImageSet, *, dev
     pre = header.preprocess
     loader = DeviceLoader(test, batch_size or int(trained.get("batch_size") or 256), device=device, image_size=pre.size,
                           channels_last=channels_last, dtype=precision.dtype, mean=pre.mean, std=pre.std, stream=stream)
-    scores = []
-    with torch.no_grad():
-        for x, _ in loader.batches():
-            with precision.autocast(device):
-                scores.append(class_scores(model, x, tta).cpu())
-    return torch.cat(scores)
+    return split_scores(model, loader, precision=precision, tta=tta)
 
 
 def make_report(logits: torch.Tensor, test: ImageSet, header: WeightsHeader, *, mistakes: int = 32,
