@@ -8,8 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
+CHAPTER_LANG ?= en
 
-.PHONY: setup data test test-quick train clean
+.PHONY: setup data test test-quick train notebook clean
 
 setup: $(STAMP)
 
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml
 data:
 	@bash scripts/ensure-data.sh
 
-# Everything (about 10 minutes on 2 cores, set-up included; about 14 on one core); CI runs this.
+# Everything (about 15 minutes on 2 cores, set-up included; about 20 on one core); CI runs this.
 test: setup
 	@bash scripts/ensure-data.sh --optional
 	$(BIN)/python -m pytest -q
@@ -34,6 +35,11 @@ test-quick: setup
 # The default run: preset `cpu` without a GPU (a 10-minute budget, start to end, on any CPU), `fast` with one.
 train: setup data
 	$(BIN)/resnetlab train
+
+# The chapter in JupyterLab with .venv's kernel: `make notebook`, or `make notebook CHAPTER_LANG=zh-CN`
+# for the Chinese edition. Installs JupyterLab into .venv on first use. NOTEBOOK_ARGS go to `jupyter lab`.
+notebook: setup data
+	@CHAPTER_LANG=$(CHAPTER_LANG) bash scripts/notebook.sh $(NOTEBOOK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache src/*.egg-info
