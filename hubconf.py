@@ -7,7 +7,8 @@
     net = torch.hub.load("/path/to/resnetlab", "from_weights", source="local", path="runs/latest/best.safetensors")
     print(torch.hub.help("/path/to/resnetlab", "resnet50", source="local"))
 
-Models are built with their own (random) initialisation; trained weights come from a weights file
+Models are built with their own (random) initialisation, or with ``pretrained=True`` from torchvision's
+ImageNet weights (fetched once into PyTorch's cache); trained weights of your own come from a weights file
 (``from_weights``, or ``classifier`` for the object that also prepares images and names classes).
 """
 
@@ -32,8 +33,8 @@ def _entry(name):
 
     entry.__name__ = entry.__qualname__ = name
     entry.__doc__ = (
-        f"resnetlab's {name}, built with its own initialisation (no trained weights): "
-        f"torch.hub.load(repo, {name!r}, **kwargs) == resnetlab.create_model({name!r}, **kwargs).\n\n"
+        f"resnetlab's {name}, built with its own initialisation (pretrained=True: torchvision's ImageNet weights, "
+        f"where published): torch.hub.load(repo, {name!r}, **kwargs) == resnetlab.create_model({name!r}, **kwargs).\n\n"
         f"{(builder.__doc__ or '').strip()}"
     )
     return entry

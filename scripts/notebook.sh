@@ -26,6 +26,10 @@ fi
 "$py" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (resnetlab .venv)" >/dev/null \
     || { echo "resnetlab: could not register $venv's kernel with Jupyter" >&2; exit 2; }
 export JUPYTER_PATH="$venv/share/jupyter${JUPYTER_PATH:+:$JUPYTER_PATH}"
+# Jupyter refuses to run as root unless told; containers often run as root, and the server listens on 127.0.0.1 only.
+as_root=()
+[ "$(id -u)" = 0 ] && as_root=(--allow-root)
 echo "resnetlab: opening $notebook in JupyterLab (Ctrl-C twice to stop)"
-# 127.0.0.1 only: a notebook server runs code, so it is not offered to the network.
-exec "$venv/bin/jupyter" lab --ServerApp.ip=127.0.0.1 "$notebook" "$@"
+# 127.0.0.1 only: a notebook server runs code, so it is not offered to the network. The file browser starts
+# at the checkout, with the chapter open.
+exec "$venv/bin/jupyter" lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$PWD" "${as_root[@]}" "$notebook" "$@"

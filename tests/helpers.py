@@ -143,7 +143,7 @@ def one_line_error(capsys, argv, *needles, code=2):
 
 # Large models take about a second each to build and run on 2 cores: the quick suite (-m "not slow")
 # leaves their forward passes to the full one.
-LARGE_MODELS = {"resnet101", "resnet152", "wide_resnet50_2"}
+LARGE_MODELS = {"resnet101", "resnet152", "wide_resnet50_2", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
 
 
 def every_model():

@@ -88,4 +88,6 @@ def test_summary_every_model_at_its_natural_size(name, capsys):
 
 def test_models_lists_names(capsys):
     assert main(["models"]) == 0
-    assert "d2l_resnet18\t96px" in capsys.readouterr().out.splitlines()  # sorted: d2l_preact_resnet18 comes first
+    lines = capsys.readouterr().out.splitlines()
+    assert "d2l_resnet18\t96px" in lines  # sorted: d2l_preact_resnet18 comes first; no published weights
+    assert "resnet50\t224px\t--init imagenet (76.1%), --init imagenet-v2 (80.9%)" in lines

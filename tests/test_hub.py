@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import resnetlab
+from helpers import every_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -17,7 +18,7 @@ def load(name, **kwargs):
     return torch.hub.load(str(REPO), name, source="local", trust_repo=True, **kwargs)
 
 
-@pytest.mark.parametrize("name", resnetlab.list_models())
+@pytest.mark.parametrize("name", every_model())
 def test_every_registry_name_loads_through_torch_hub(name):
     model = load(name, num_classes=7)
     reference = resnetlab.create_model(name, num_classes=7)

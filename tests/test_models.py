@@ -15,6 +15,9 @@ TORCHVISION_PARAMS = {
     "resnet152": 60_192_808,
     "resnext50_32x4d": 25_028_904,
     "wide_resnet50_2": 68_883_240,
+    "resnext101_32x8d": 88_791_336,
+    "resnext101_64x4d": 83_455_272,
+    "wide_resnet101_2": 126_886_696,
 }
 
 
@@ -172,7 +175,8 @@ def test_a_model_registered_without_layer_names_has_them_found():
 
     from torch import nn
 
-    from resnetlab.engine.initialize import first_conv_name, freeze_backbone, head_name
+    from resnetlab.engine.initialize import freeze_backbone
+    from resnetlab.models.transfer import first_conv_name, head_name
     from resnetlab.models import register_model
 
     class Tiny(nn.Sequential):

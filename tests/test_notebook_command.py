@@ -120,10 +120,11 @@ def test_jupyterlab_opens_the_chinese_chapter_with_the_projects_kernel(tmp_path)
         assert Path(prefix).resolve() == Path(sys.prefix).resolve()  # the project's environment
         assert Path(package).resolve().is_relative_to(ROOT / "src")  # make setup installs it editable
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the server stops its kernels on SIGTERM
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)  # the server stops its kernels on SIGTERM
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
         server.stdout.close()

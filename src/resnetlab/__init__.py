@@ -10,7 +10,7 @@ Quick start::
     clf.predict(["shoe.png"])
 """
 
-from .api import resume, train
+from .api import lr_find, resume, train
 from .errors import ResnetlabError
 from .inference.classifier import Classifier, Prediction, load
 from .models import (
@@ -39,7 +39,10 @@ from .models import (
     resnet152,
     resnet_block,
     resnext50_32x4d,
+    resnext101_32x8d,
+    resnext101_64x4d,
     wide_resnet50_2,
+    wide_resnet101_2,
 )
 from .models.summary import ModelSummary, summary
 from .version import __version__
@@ -49,7 +52,8 @@ __all__ = [
     "PreActResidual", "Prediction", "Residual", "ResNeXtBlock", "ResNet", "ResnetlabError", "UnknownModelError",
     "__version__", "create_model", "d2l_preact_resnet18", "d2l_resnet18", "list_models", "load", "model_spec",
     "preact_resnet18", "preact_resnet34", "register_model", "resnet18", "resnet34", "resnet50", "resnet101",
-    "resnet152", "resnet_block", "resume", "resnext50_32x4d", "summary", "train", "wide_resnet50_2",
+    "lr_find", "resnet152", "resnet_block", "resume", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "summary", "train",
+    "wide_resnet50_2", "wide_resnet101_2",
 ]
 
 

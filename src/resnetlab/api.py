@@ -77,6 +77,27 @@ def train(preset: str | None = None, hooks: Sequence[Any] = (), **fields: Any):
     return fit(config, model=module, **_shown(f"{title} {preset or ''}".strip(), hooks))
 
 
+def lr_find(preset: str | None = None, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100,
+            plot: Any = "lr_find.png", **fields: Any):
+    """The learning-rate range test (``resnetlab lr-find``) on the run ``train`` with these fields would start.
+
+    Returns the result: ``.suggestion`` (a tenth of the rate at the smoothed loss's minimum),
+    ``.lrs``, ``.losses``, ``.smoothed``, and ``.figure()``; ``plot`` (a file, None for none)
+    receives the picture. ``model`` may be your own ``nn.Module`` (a copy is used). Example::
+
+        found = resnetlab.lr_find(data="my_images/", init="imagenet")
+        result = resnetlab.train(data="my_images/", init="imagenet", lr=found.suggestion)
+    """
+    from torch import nn
+
+    from .engine import TrainConfig
+    from .engine.lr_find import lr_find as range_test
+
+    module = fields.pop("model") if isinstance(fields.get("model"), nn.Module) else None
+    return range_test(TrainConfig(preset=preset, **fields), module=module, start_lr=start_lr, end_lr=end_lr,
+                      steps=steps, plot=plot)
+
+
 def resume(run_dir: Any = LATEST, model: Any = None, hooks: Sequence[Any] = (), **overrides: Any):
     """Continue a stopped run (``resnetlab train --resume``); a run of your own network needs it again as ``model``."""
     from .engine import resume as resume_run

@@ -2,7 +2,7 @@
 
 One module per command (or pair of related commands), each with its argparse adapter
 (``add_parsers``) and the command's function: ``summary`` (summary, models), ``train``,
-``evaluate`` (eval), ``predict``, ``export``, ``explain`` (explain, maps) and ``data``
+``lr_find`` (lr-find), ``evaluate`` (eval), ``predict``, ``export``, ``explain`` (explain, maps) and ``data``
 (show-data, plot, download). Nothing else in the package imports this package.
 
 A mistake the user can make ends as one line on stderr naming the culprit and the fix, with exit
@@ -24,9 +24,9 @@ from PIL import Image
 from ..engine.distributed import env_rank, launched_by_torchrun
 from ..errors import NonFiniteLossError, ResnetlabError, TrainingStopped
 from ..version import __version__
-from . import data, evaluate, explain, export, predict, summary, train
+from . import data, evaluate, explain, export, lr_find, predict, summary, train
 
-COMMANDS = (summary, train, evaluate, predict, export, explain, data)
+COMMANDS = (summary, train, lr_find, evaluate, predict, export, explain, data)
 
 
 class _Parser(argparse.ArgumentParser):

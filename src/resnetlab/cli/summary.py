@@ -50,7 +50,11 @@ def summary_command(args: argparse.Namespace) -> int:
 
 
 def models_command(args: argparse.Namespace) -> int:
-    """List the registered models with their natural image sizes."""
+    """List the registered models with their natural image sizes and the ImageNet weights published for them."""
+    from ..models.pretrained import IMAGENET_WEIGHTS, PRETRAINED_INITS
+
+    inits = {version: init for init, version in PRETRAINED_INITS.items()}
     for name in list_models():
-        print(f"{name}\t{model_spec(name).image_size}px")
+        weights = ", ".join(f"--init {inits[v]} ({w.top1:.1f}%)" for v, w in IMAGENET_WEIGHTS.get(name, {}).items())
+        print(f"{name}\t{model_spec(name).image_size}px" + (f"\t{weights}" if weights else ""))
     return 0

@@ -74,7 +74,8 @@ def option(help: str, *, base: Any = None, choices: tuple | None = None, check: 
                                              none_is_a_value=none_is_a_value, resume=resume))
 
 
-INIT_SCHEMES = ("default", "xavier")
+# Named initialisations (anything else is a weight file): the model's own, the book's, torchvision's ImageNet weights.
+INIT_SCHEMES = ("default", "xavier", "imagenet", "imagenet-v2")
 # torch.compile's modes, the four that PyTorch has long had (``torch._inductor.list_mode_options()``; 2.13 lists "lite" too).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CHANNELS = (1, 3)
@@ -106,8 +107,10 @@ class TrainConfig(_Fields):
                                "class folders", base="d2l_resnet18")
     model_args: dict[str, Any] | None = option('extra builder arguments as JSON, e.g. \'{"stem": "small"}\'; stem "auto": '
                                                "small for images up to 32 px (16 px on the CPU), imagenet above", base={})
-    init: str | None = option("default (the model's own init), xavier (the book's Xavier-uniform), or a weight file "
-                              "(.safetensors, or .pth read weights-only) to start from", base="default")
+    init: str | None = option("default (the model's own init), xavier (the book's Xavier-uniform), imagenet "
+                              "(torchvision's IMAGENET1K_V1 weights, downloaded once into $TORCH_HOME; imagenet-v2: "
+                              "IMAGENET1K_V2), or a weight file (.safetensors, or .pth read weights-only) to start from",
+                              base="default")
     init_non_strict: bool | None = option("with --init FILE: keep the model's own values where the file's do not fit, "
                                           "instead of stopping", base=False)
     freeze_backbone: bool | None = option("train only the classifier head (the backbone's weights and batch-norm "
@@ -156,6 +159,9 @@ class TrainConfig(_Fields):
     batch_size: int | None = option("images per step (the global batch under torchrun)", base=256, check=(at_least(1),))
     optimizer: str | None = option("sgd or adamw", base="sgd", choices=("sgd", "adamw"))
     lr: float | None = option("peak learning rate for the global batch", base=0.05, check=(positive,))
+    backbone_lr_scale: float | None = option("the backbone's learning rate as a share of --lr (the classifier head "
+                                             "learns at --lr): below 1 for fine-tuning trained weights", base=1.0,
+                                             check=(positive, between(0.0, 1.0, inclusive=True)))
     momentum: float | None = option("SGD momentum (0: plain SGD, as the book)", base=0.0, check=(not_negative, below(1)))
     nesterov: bool | None = option("Nesterov momentum (SGD)", base=False)
     weight_decay: float | None = option("L2 penalty (SGD) or decoupled decay (AdamW); not applied to norms and biases",
@@ -396,7 +402,8 @@ def check_init_file(config: TrainConfig) -> TrainConfig:
     its weights in its train state and no longer needs the file.
     """
     if config.init is not None and config.init not in INIT_SCHEMES and not Path(config.init).is_file():
-        raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, or a .safetensors/.pth weight file")
+        raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, imagenet, or a "
+                             ".safetensors/.pth weight file")
     return config
 
 

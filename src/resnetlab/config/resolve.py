@@ -6,7 +6,9 @@ What it leaves unset is decided in this order, the same for ``fit``, ``resnetlab
 
 1. **The preset** (``presets.py``): the one named, else ``folder`` for class folders, ``fast``
    with a CUDA GPU, ``cpu`` without. It fills the unset fields.
-2. **The data** (``rules.py``): the fields in :data:`DATA_DECIDES` follow the images.
+2. **The data** (``rules.py``): the fields in :data:`DATA_DECIDES` follow the images; trained
+   weights (``--init``) bring the ``folder`` preset's fine-tuning rate and, when published
+   (``--init imagenet``), their stem and normalisation.
 3. **The base defaults** (each field's ``base`` in ``fields.py``): whatever is still unset.
 
 Stage one, :func:`plan` (before the data): the preset, the device (``auto`` resolved), the
@@ -33,15 +35,16 @@ from ..data import dataset_kind
 from ..data.feed import Feed, choose_feed
 from ..errors import ResnetlabError
 from ..models import model_spec
+from ..models.pretrained import is_pretrained_init
 from ..models.registry import is_custom
 from ..util.runtime import resolve_device, resolve_precision
 from .fields import BASE_DEFAULTS, RunConfig, TrainConfig, validate
 from .presets import PRESETS, check_preset
-from .rules import DataFacts, fit_preset_to_data, folder_recipe, stem_for
+from .rules import DataFacts, fine_tune_rules, fit_preset_to_data, folder_recipe, pretrained_rules, stem_for
 
 # The fields the data may decide (stage two); the rest take their base defaults before the data are read.
-DATA_DECIDES = ("model", "model_args", "image_size", "batch_size", "lr", "warmup_epochs", "epochs", "crop_padding",
-                "time_budget", "small_maps")
+DATA_DECIDES = ("model", "model_args", "image_size", "batch_size", "lr", "backbone_lr_scale", "warmup_epochs", "epochs",
+                "crop_padding", "time_budget", "small_maps")
 # Class folders: the model, stem and image size follow the data even under a named preset (the
 # presets' values for these are Fashion-MNIST's), unless they are given.
 FOLDER_DECIDES = ("model", "model_args", "image_size")
@@ -121,6 +124,9 @@ def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None) -
         fill["image_size"] = facts.side
     if config.preset == "folder":
         fill.update(folder_recipe(facts.train_images, config.image_size or facts.side, first.device))
+        changes, said = fine_tune_rules(config.init or "default", set(first.typed))
+        fill.update(changes)
+        lines += [said] if said else []
     # Small-map products pay on the CPU (models/small_maps.py); torch.compile would trace them apart.
     fill["small_maps"] = first.device.type == "cpu" and not config.compile
     config = config.replace(**{k: v for k, v in fill.items() if getattr(config, k) is None})
@@ -129,6 +135,13 @@ def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None) -
                                              set(first.typed))
         config = config.replace(**changes)
         lines += [fitted] if fitted else []
+    if is_pretrained_init(config.init) and not is_custom(config.model):
+        # Published weights bring their stem and normalisation (and are refused for a model that has none).
+        model = config.model or BASE_DEFAULTS["model"]
+        changes, said = pretrained_rules(model, config.model_args or {}, config.init, set(first.typed),
+                                         facts.num_classes, model_spec(model).stems)
+        config = config.replace(**changes)
+        lines.append(said)
     config = with_base_defaults(config)
     args = dict(config.model_args)
     if args.get("stem") == "auto":

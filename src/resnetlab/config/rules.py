@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..errors import ResnetlabError
+from ..models.pretrained import published
 from .presets import PRESETS
 
 # A class folder's images are decoded at the median side of its training images, at most this (px).
@@ -50,6 +52,7 @@ class DataFacts:
     train_images: int  # after --limit-train
     side: int  # the side the images were stored at (a folder's decoded size; 28 for Fashion-MNIST)
     nbytes: int  # the pixels of all splits (what resident images take)
+    num_classes: int = 0  # the classes the data have
 
 
 def stem_for(size: int, device: torch.device) -> str:
@@ -135,3 +138,46 @@ def folder_recipe(num_images: int, size: int, device: torch.device) -> dict[str,
         "crop_padding": max(1, round(size / 12)),
         "time_budget": 10.0 if device.type == "cpu" else 0.0,
     }
+
+
+def pretrained_rules(model: str, model_args: dict[str, Any], init: str, typed: set[str], num_classes: int,
+                     stems: bool) -> tuple[dict[str, Any], str]:
+    """What published weights (``--init imagenet``) decide: the stem they were trained with and ImageNet's
+    normalisation, unless given; and the line that says so. A model without such weights is refused here,
+    before any training.
+    """
+    weights = published(model, init)  # raises for a model torchvision publishes nothing for
+    changes: dict[str, Any] = {}
+    if stems:
+        stem = model_args.get("stem", "imagenet")
+        if stem not in ("imagenet", "auto") and "model_args" in typed:
+            raise ResnetlabError(f"--init {init}: the ImageNet weights need the ImageNet stem (a 7x7 stride-2 "
+                                 f"convolution and max-pool), not stem {stem!r}; leave the stem out of --model-args")
+        changes["model_args"] = {**model_args, "stem": "imagenet"}
+    if "normalize" not in typed:
+        changes["normalize"] = True
+    line = (f"--init {init}: {model}'s ImageNet weights ({weights.file}, top-1 {weights.top1:.1f}% on ImageNet), "
+            f"the ImageNet stem and ImageNet's mean and std; its 1,000-class classifier is replaced by a new one for "
+            f"the {num_classes} classes here")
+    return changes, line
+
+
+# The folder recipe started from trained weights (``--init imagenet`` or a weight file): every layer learns, at one
+# rate. Chosen in benchmarks/transfer.py (AMD EPYC, 2026-12-04; README, "Starting from trained weights"): a network
+# pretrained on Fashion-MNIST's classes 0-4, fine-tuned on classes 5-9 at 10 and 50 images per class, worst
+# validation accuracy of 3 seeds: one rate 0.815 / 0.928, the backbone at a tenth of it 0.794 / 0.918, head only
+# 0.746 / 0.876, from scratch 0.804 / 0.904. (A lower backbone rate is the usual advice for ImageNet weights, whose
+# features are broader than this stand-in's; --backbone-lr-scale gives it.)
+FINE_TUNE_BACKBONE_LR_SCALE = 1.0
+
+
+def fine_tune_rules(init: str, typed: set[str]) -> tuple[dict[str, Any], str | None]:
+    """The ``folder`` recipe's changes for a run that starts from trained weights, and the line that says so."""
+    if init in ("default", "xavier") or "backbone_lr_scale" in typed or "freeze_backbone" in typed:
+        return {}, None
+    scale = FINE_TUNE_BACKBONE_LR_SCALE
+    rates = "every layer at the folder recipe's rate" if scale == 1 else \
+        f"the new classifier at the folder recipe's rate, the trained backbone at {scale:g} of it"
+    return {"backbone_lr_scale": scale}, (f"fine-tuning recipe (--init {init}): {rates}, measured ahead of a slower "
+                                          "backbone and of the head alone (--backbone-lr-scale X for a slower "
+                                          "backbone, --freeze-backbone for the head alone)")

@@ -1,20 +1,13 @@
-"""The model a run starts from: built by name, initialised (its own init, the book's Xavier, or
-trained weights with ``--init FILE``), and optionally with only its head trainable (``--freeze-backbone``).
+"""The model a run starts from: built by name, initialised (its own init, the book's Xavier, ImageNet
+weights by name with ``--init imagenet``, or trained weights with ``--init FILE``), and optionally
+with only its head trainable (``--freeze-backbone``).
 
-The source is one of our ``.safetensors`` files (or any safetensors state dict), or a PyTorch
+A file is one of our ``.safetensors`` files (or any safetensors state dict), or a PyTorch
 ``.pth``/``.pt`` file such as torchvision's ResNet weights, read with
-``torch.load(weights_only=True)``, so no code in it runs. Our ResNets use torchvision's key
-names, so its files load as they are. What does not fit is handled in the open:
-
-- ``module.`` (DataParallel/DDP) and ``_orig_mod.`` (torch.compile) prefixes are stripped;
-- the classifier head is re-initialised when the number of classes differs;
-- the first convolution is adapted when the input channels differ: for one channel the RGB
-  kernels are summed (a gray image then gives the response the colour image would), for more
-  they are repeated and scaled by ``source / target`` channels (so the response keeps its scale);
-- any other missing key or shape mismatch is an error, unless ``non_strict``, which keeps the
-  model's own initial values for those and lists them.
-
-A table of loaded, adapted, re-initialised and ignored keys is returned for printing.
+``torch.load(weights_only=True)``, so no code in it runs. ImageNet weights come from PyTorch's
+cache or its server (``models/pretrained.py``). Either is fitted into the model by
+``models/transfer.py`` (the head re-initialised for other classes, the first convolution adapted
+to other input channels), and a table of what was loaded is returned for printing.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -31,38 +23,14 @@ from torch import nn
 from ..config import RunConfig
 from ..config.fields import INIT_SCHEMES
 from ..errors import ResnetlabError, first_line
-from ..models import create_model, list_models, model_spec
+from ..models import create_model
+from ..models.pretrained import imagenet_state_dict, is_pretrained_init
 from ..models.probe import blank_batch, evaluating
-from ..util.compat import WRAPPER_KEY_PREFIXES, BatchNormBase
+from ..models.transfer import InitReport, fit_state_dict, head_name
+from ..util.compat import BatchNormBase
 from ..util.log import Log
 from .state import load_tensors_only
 
-
-
-def head_name(model: nn.Module) -> str:
-    """The qualified name of the model's classifier: as its registry entry names it (``fc``; ``7`` in the book's
-    net), else its last ``nn.Linear``."""
-    named = _registered(model, "classifier")
-    if named is not None:
-        return named
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not names:
-        raise ResnetlabError(f"{type(model).__name__} has no linear classifier to replace or train")
-    return names[-1]
-
-
-def first_conv_name(model: nn.Module) -> str | None:
-    """The qualified name of the convolution that sees the input channels: as the registry names it, else the first."""
-    named = _registered(model, "first_conv")
-    if named is not None:
-        return named
-    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-
-
-def _registered(model: nn.Module, which: str) -> str | None:
-    """The layer name the model's registry entry gives for ``which`` (None: not registered, or not named)."""
-    name = getattr(model, "model_name", None)
-    return getattr(model_spec(name), which) if name in list_models() else None
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -73,7 +41,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ResnetlabError(f"--init {path}: no such file; give default, xavier, or a .safetensors/.pth weight file")
+        raise ResnetlabError(f"--init {path}: no such file; give default, xavier, imagenet, or a .safetensors/.pth weight file")
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and head[:1] != b"\x80"):
@@ -96,96 +64,16 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return obj
 
 
-def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove ``module.`` and ``_orig_mod.`` wherever they lead a key (they can be nested)."""
-    out = {}
-    for key, value in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for prefix in WRAPPER_KEY_PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
-        out[key] = value
-    return out
-
-
-def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """A conv kernel [O, C_src, k, k] for ``channels`` inputs: summed for one, repeated and scaled for more."""
-    source = weight.shape[1]
-    if channels == 1:
-        return weight.sum(1, keepdim=True)
-    repeats = -(-channels // source)
-    return weight.repeat(1, repeats, 1, 1)[:, :channels] * (source / channels)
-
-
-@dataclass
-class InitReport:
-    """What happened to each key of the model: loaded, adapted, re-initialised, or ignored (source only)."""
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    adapted: list[tuple[str, str]] = field(default_factory=list)
-    reinitialised: list[tuple[str, str]] = field(default_factory=list)
-    ignored: list[tuple[str, str]] = field(default_factory=list)
-
-    def table(self) -> str:
-        """The printed table: one row per status with its count and keys (loaded keys abbreviated)."""
-        rows = [
-            ("loaded", len(self.loaded), ", ".join(self.loaded[:4]) + (", ..." if len(self.loaded) > 4 else "")),
-            ("adapted", len(self.adapted), "; ".join(f"{k} ({why})" for k, why in self.adapted)),
-            ("re-initialised", len(self.reinitialised), "; ".join(f"{k} ({why})" for k, why in self.reinitialised)),
-            ("ignored", len(self.ignored), "; ".join(f"{k} ({why})" for k, why in self.ignored)),
-        ]
-        lines = [f"initial weights from {self.source}:", f"  {'status':<15s}{'keys':>5s}  which"]
-        lines += [f"  {status:<15s}{count:5d}  {which or '-'}" for status, count, which in rows]
-        return "\n".join(lines)
-
-
 def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], non_strict: bool = False) -> InitReport:
-    """Copy the weights of ``path`` into ``model`` as far as they fit (see the module's description)."""
-    source = strip_prefixes(read_state_dict(path))
-    target = model.state_dict()
-    head = head_name(model)
-    conv = first_conv_name(model)
-    report = InitReport(source=str(path))
-    new_state, problems = {}, []
-    for key, value in target.items():
-        if key not in source:
-            if key.startswith(head + "."):
-                report.reinitialised.append((key, "not in the source"))
-            elif non_strict:
-                report.reinitialised.append((key, "not in the source"))
-            else:
-                problems.append(f"{key} is missing")
-            continue
-        got = source[key]
-        if got.shape == value.shape:
-            new_state[key] = got.to(value.dtype)
-            report.loaded.append(key)
-        elif key.startswith(head + "."):
-            report.reinitialised.append((key, f"{got.shape[0]} -> {value.shape[0]} classes"))
-        elif conv is not None and key == f"{conv}.weight" and got.ndim == 4 and got.shape[0] == value.shape[0] \
-                and got.shape[2:] == value.shape[2:]:
-            new_state[key] = adapt_input_conv(got.float(), value.shape[1]).to(value.dtype)
-            how = "summed" if value.shape[1] == 1 else "repeated and scaled"
-            report.adapted.append((key, f"{got.shape[1]} -> {value.shape[1]} input channels, kernels {how}"))
-        elif non_strict:
-            report.reinitialised.append((key, f"shape {list(got.shape)} does not fit {list(value.shape)}"))
-        else:
-            problems.append(f"{key} has shape {list(got.shape)}, the model needs {list(value.shape)}")
-    for key in source:
-        if key not in target:
-            report.ignored.append((key, "not in the model"))
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise ResnetlabError(
-            f"--init {path} does not fit {getattr(model, 'model_name', type(model).__name__)}: "
-            f"{'; '.join(problems[:3])}{more}; use weights of the same architecture, or --init-non-strict to keep "
-            "the model's own values where they do not fit"
-        )
-    model.load_state_dict(new_state, strict=False)
-    return report
+    """Copy the weights of the file ``path`` into ``model`` as far as they fit (``models/transfer.py``)."""
+    return fit_state_dict(model, read_state_dict(path), str(path), non_strict=non_strict)
+
+
+def load_pretrained_weights(model: nn.Module, init: str) -> InitReport:
+    """Copy the published ImageNet weights ``init`` names (``imagenet``, ``imagenet-v2``) into ``model``."""
+    name = getattr(model, "model_name", type(model).__name__)
+    state = imagenet_state_dict(name, init)
+    return fit_state_dict(model, state, f"{init} ({name})", flag="--init")
 
 
 def freeze_backbone(model: nn.Module) -> list[str]:
@@ -236,6 +124,8 @@ def build_model(config: RunConfig, in_channels: int, num_classes: int, log: Log 
             raise ResnetlabError(f"--model-args {json.dumps(config.model_args)} do not fit {config.model} ({exc})") from None
     if config.init == "xavier":
         xavier_init(model)
+    elif is_pretrained_init(config.init) and log is not None:
+        log(load_pretrained_weights(model, config.init).table())
     elif config.init not in INIT_SCHEMES and log is not None:
         log(load_initial_weights(model, config.init, non_strict=config.init_non_strict).table())
     if config.freeze_backbone:

@@ -194,7 +194,7 @@ class Loop:
             val_acc, val_loss = scores["acc"], scores["loss"]
             self.val_seconds = self.clock() - began
         test_acc = self._evaluate(net, loaders.test)["acc"] if config.test_each_epoch and loaders.test else None
-        row = {"epoch": p.epoch + 1, "lr": run.training.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+        row = {"epoch": p.epoch + 1, "lr": run.training.optimizer.param_groups[-1]["lr"], "train_loss": train_loss,
                "train_acc": train_acc, "val_acc": val_acc, "val_loss": val_loss, "test_acc": test_acc,
                "examples_per_sec": self._epoch_rate(seen, p.epoch_seconds), "seconds": p.epoch_seconds}
         self.excluded = (0.0, 0)

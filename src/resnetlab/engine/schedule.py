@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
+from ..models.transfer import head_name
 from ..util.compat import fused_optimizer_devices
 
 
@@ -20,13 +21,20 @@ def fused_supported(device: torch.device) -> bool:
 def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD or AdamW; weight decay applies to conv and linear weights, not to norms and biases.
 
-    The fused implementation where the device has one: it takes the whole update in one kernel
-    and, given a ``found_inf`` flag, skips it on the device, which the step guard relies on.
+    With ``backbone_lr_scale`` below 1 the backbone learns at that share of the rate and the
+    classifier head at the full rate (discriminative rates, for fine-tuning trained weights); the
+    schedule scales every group alike. The fused implementation where the device has one: it takes
+    the whole update in one kernel and, given a ``found_inf`` flag, skips it on the device, which
+    the step guard relies on.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]  # not the frozen backbone's
-    decay = [p for p in trainable if p.ndim > 1]
-    no_decay = [p for p in trainable if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    head = head_name(model) + "." if config.backbone_lr_scale != 1.0 else None
+    groups = []
+    for part, scale in (("backbone", config.backbone_lr_scale), ("head", 1.0)) if head else (("all", 1.0),):
+        params = [p for name, p in model.named_parameters() if p.requires_grad  # not the frozen backbone's
+                  and (part == "all" or name.startswith(head) == (part == "head"))]
+        groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay, "lr": config.lr * scale},
+                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, "lr": config.lr * scale}]
+    trainable = [p for group in groups for p in group["params"]]
     fused = fused_supported(trainable[0].device) if trainable else False
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, fused=fused or None)

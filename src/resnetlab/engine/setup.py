@@ -23,6 +23,7 @@ from ..data.feed import Feed
 from ..data.loader import mix_seed
 from ..data.stats import channel_stats, intensity_stats
 from ..errors import ResnetlabError, first_line
+from ..models.pretrained import IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD, IMAGENET_MEAN, IMAGENET_STD, is_pretrained_init
 from ..models.small_maps import use_small_map_products
 from ..util.compat import is_out_of_memory
 from ..util.log import Log, silent, warn_stderr
@@ -56,7 +57,7 @@ class Run:
     dist: Dist
     precision: Precision
     log: Log  # silent off rank 0: one voice prints, plots and writes
-    folder: RunFolder
+    folder: RunFolder | None  # None: a set-up that trains nothing to keep (lr-find)
     loaders: Loaders
     training: Training
     progress: Progress
@@ -79,16 +80,17 @@ class Run:
             f"{'resuming' if self.resumed else 'training'} {self.config.model} on {loaders.train.num_examples:,} images "
             f"({self.steps_per_epoch} steps/epoch), validating on {n_val:,}, testing on {n_test:,}; device {self.device}"
             f"{f' x {self.dist.world_size} processes' if self.dist.enabled else ''}, {self.precision.name}; "
-            f"{loaders.feed.reason}; run folder {self.folder.path}"
+            f"{loaders.feed.reason}" + (f"; run folder {self.folder.path}" if self.folder is not None else "")
             + (f"; continuing epoch {p.epoch + 1} after step {p.step}/{self.steps_per_epoch}" if self.resumed else "")
         )
 
 
 def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Path | None = None,
-           state: dict | None = None, module: nn.Module | None = None) -> Run:
+           state: dict | None = None, module: nn.Module | None = None, keep: bool = True) -> Run:
     """Set a run up from ``given`` (a new run into ``out``, or the run in ``run_dir`` resumed from ``state``).
 
     ``module``: the caller's own network, trained (as a copy) instead of a registry model.
+    ``keep``: False for a set-up whose training is not kept (the learning-rate finder): no run folder.
     """
     first = plan(given)
     dist = Dist.join(first.device.type, first.config.dist_timeout)
@@ -96,7 +98,7 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     log = log if dist.is_main else silent
     train, val, test, source = load_data(first, warn=warn_stderr if dist.is_main else silent)
     facts = DataFacts(kind=dataset_kind(first.config.data), source=source, train_images=len(train),
-                      side=int(train.shape[-1]), nbytes=sum(split.nbytes for split in (train, val, test) if split is not None))
+                      side=int(train.shape[-1]), num_classes=len(train.class_names), nbytes=sum(split.nbytes for split in (train, val, test) if split is not None))
     resolved = resolve(first, facts, device)
     config = resolved.config
     for line in resolved.lines if state is None else []:
@@ -110,7 +112,7 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
         check_same_data(state, fingerprint, config.data)
     configure_backends(device, config.deterministic)
     precision = Precision(config.precision)
-    mean, std = channel_stats(train) if config.normalize else (None, None)
+    mean, std = normalization(config, train)
     try:  # what goes onto the device: where memory runs out if it does
         model = _model(config, train, device, precision, dist, log if state is None else None, module)
         loaders = _loaders(config, train, val, test, device, precision, dist, mean, std, resolved.feed)
@@ -127,7 +129,9 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     # photo whose background is the other way round is warned of at prediction (photo.py).
     pixel_mean, border_mean = intensity_stats(train)
     # Only now, with everything built, does a new run get a folder: a bad flag or file leaves nothing behind.
-    if run_dir is not None:
+    if not keep:
+        folder = None
+    elif run_dir is not None:
         folder = RunFolder(run_dir, dist.is_main)  # resume() holds its lock
     else:
         folder = RunFolder.create(out, config.model, dist, warn=warn_stderr)  # rank 0 takes its lock
@@ -147,6 +151,17 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     return Run(config=config, device=device, dist=dist, precision=precision, log=log, folder=folder, loaders=loaders,
                training=training, progress=progress, best_weights=best_weights, fingerprint=fingerprint,
                preprocess=preprocess, class_names=list(train.class_names), resumed=state is not None)
+
+
+def normalization(config: RunConfig, train: ImageSet) -> tuple[list[float] | None, list[float] | None]:
+    """The per-channel mean and std the run standardises with: published weights' own (ImageNet's, averaged for gray
+    images, which the summed first convolution expects), else the training images', else none."""
+    if not config.normalize:
+        return None, None
+    if is_pretrained_init(config.init):
+        gray = train.shape[1] == 1
+        return list(IMAGENET_GRAY_MEAN if gray else IMAGENET_MEAN), list(IMAGENET_GRAY_STD if gray else IMAGENET_STD)
+    return channel_stats(train)
 
 
 def _restore(state: dict, training: Training, module: nn.Module | None, run_dir: Path | None) -> None:

@@ -110,7 +110,7 @@ class TensorBoardLog(Hook):
         self.writer.flush()
 
     def before_step(self, loop: "Loop") -> None:
-        self.lr = loop.run.training.optimizer.param_groups[0]["lr"]
+        self.lr = loop.run.training.optimizer.param_groups[-1]["lr"]  # the head's (the full rate) when the backbone has its own
 
     def at_check(self, loop: "Loop") -> None:
         step = loop.run.progress.global_step - 1  # the step just taken, counted from 0

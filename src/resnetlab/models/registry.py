@@ -93,13 +93,24 @@ def model_spec(name: str) -> ModelSpec:
         ) from None
 
 
-def create_model(name: str, **kwargs: object) -> nn.Module:
+def create_model(name: str, pretrained: bool | str = False, **kwargs: object) -> nn.Module:
     """Build the registered model ``name`` with keyword options (``in_channels``, ``num_classes``, ...).
 
-    The model remembers how it was built in ``model.model_name`` and ``model.model_args`` so a
-    checkpoint can rebuild it.
+    ``pretrained``: True (or ``"imagenet"``) starts from torchvision's IMAGENET1K_V1 weights,
+    ``"imagenet-v2"`` from its V2 ones, fetched once into PyTorch's cache (``models/pretrained.py``);
+    for other classes the classifier keeps its own initial values, for gray input the first
+    convolution's kernels are summed over their colours. The model remembers how it was built in
+    ``model.model_name`` and ``model.model_args`` so a checkpoint can rebuild it.
     """
     model = model_spec(name).builder(**kwargs)
     model.model_name = name
     model.model_args = dict(kwargs)
+    if pretrained:
+        from .pretrained import PRETRAINED_INITS, imagenet_state_dict
+        from .transfer import fit_state_dict
+
+        init = "imagenet" if pretrained is True else pretrained
+        if init not in PRETRAINED_INITS:
+            raise ResnetlabError(f"pretrained={pretrained!r}: give True, 'imagenet' or 'imagenet-v2'")
+        fit_state_dict(model, imagenet_state_dict(name, str(init)), f"({name}, {init})", flag="pretrained weights")
     return model

@@ -245,7 +245,25 @@ def resnext50_32x4d(**kwargs: object) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], groups=32, width_per_group=4, **kwargs)
 
 
+@register_model("resnext101_32x8d", image_size=224, first_conv="conv1", classifier="fc", stems=True)
+def resnext101_32x8d(**kwargs: object) -> ResNet:
+    """ResNeXt-101 32x8d (Xie et al. 2017): 32 groups of width 8."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=32, width_per_group=8, **kwargs)
+
+
+@register_model("resnext101_64x4d", image_size=224, first_conv="conv1", classifier="fc", stems=True)
+def resnext101_64x4d(**kwargs: object) -> ResNet:
+    """ResNeXt-101 64x4d (torchvision's, 2022): 64 groups of width 4."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], groups=64, width_per_group=4, **kwargs)
+
+
 @register_model("wide_resnet50_2", image_size=224, first_conv="conv1", classifier="fc", stems=True)
 def wide_resnet50_2(**kwargs: object) -> ResNet:
     """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016): bottlenecks twice as wide."""
     return ResNet(Bottleneck, [3, 4, 6, 3], width_per_group=128, **kwargs)
+
+
+@register_model("wide_resnet101_2", image_size=224, first_conv="conv1", classifier="fc", stems=True)
+def wide_resnet101_2(**kwargs: object) -> ResNet:
+    """Wide ResNet-101-2 (Zagoruyko & Komodakis 2016): bottlenecks twice as wide."""
+    return ResNet(Bottleneck, [3, 4, 23, 3], width_per_group=128, **kwargs)
