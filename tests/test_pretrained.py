@@ -165,6 +165,15 @@ def test_offline_without_the_file_says_the_url_the_cache_path_and_init_file(tmp_
     assert "--init FILE" in message and cache_files(tmp_path) == []
 
 
+@pytest.mark.parametrize("base", ["not a url at all", "http://[::1"])
+def test_a_mirror_variable_that_is_not_a_url_is_one_line(base, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RESNETLAB_WEIGHTS_URL", base)
+    root = write_shape_folder(tmp_path / "shapes", per_class=4, sizes=(16,))
+    one_line_error(capsys, ["train", "--data", str(root), "--init", "imagenet", "--epochs", "1", "--time-budget", "0"],
+                   f"RESNETLAB_WEIGHTS_URL={base!r} is not a URL", "https://")
+    assert cache_files(tmp_path) == []
+
+
 def test_a_damaged_cached_file_is_one_line(tmp_path):
     cached = tmp_path / "torch" / "hub" / "checkpoints" / REAL_NAME
     cached.parent.mkdir(parents=True)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import ResnetlabError
-from ..models.pretrained import published
+from ..models.pretrained import published, weights_url
 from .presets import PRESETS
 
 # A class folder's images are decoded at the median side of its training images, at most this (px).
@@ -147,6 +147,7 @@ def pretrained_rules(model: str, model_args: dict[str, Any], init: str, typed: s
     before any training.
     """
     weights = published(model, init)  # raises for a model torchvision publishes nothing for
+    weights_url(weights)  # and for a mirror variable that is not a URL, before any training is set up
     changes: dict[str, Any] = {}
     if stems:
         stem = model_args.get("stem", "imagenet")

@@ -27,6 +27,7 @@ import http.client
 import os
 import sys
 import urllib.error
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,13 @@ def published(model: str, init: str = "imagenet") -> PublishedWeights:
 def weights_url(weights: PublishedWeights) -> str:
     """Where the file is fetched from: ``$RESNETLAB_WEIGHTS_URL`` (a mirror) or PyTorch's server, and its name."""
     base = os.environ.get(BASE_URL_VARIABLE) or DEFAULT_BASE_URL
+    try:
+        scheme = urllib.parse.urlparse(base).scheme
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        scheme = ""
+    if scheme not in ("http", "https", "file"):
+        raise ResnetlabError(f"{BASE_URL_VARIABLE}={base!r} is not a URL: give one that starts with https://, http:// "
+                             "or file:// (a folder holding torchvision's file names), or unset it")
     return base.rstrip("/") + "/" + weights.file
 
 
@@ -131,6 +139,7 @@ def imagenet_state_dict(model: str, init: str = "imagenet", progress: bool | Non
         except OSError as exc:
             raise ResnetlabError(f"--init {init}: cannot create PyTorch's weight cache {cached.parent} ({exc.strerror}); "
                                  "set TORCH_HOME to a folder you can write, or give the file with --init FILE") from None
+    partial_before = set(cached.parent.glob(f"{cached.name}.*.partial"))
     try:
         state = torch.hub.load_state_dict_from_url(
             url, map_location="cpu", progress=sys.stderr.isatty() if progress is None else progress,
@@ -155,7 +164,13 @@ def imagenet_state_dict(model: str, init: str = "imagenet", progress: bool | Non
     except Exception as exc:  # noqa: BLE001 - a cached file torch.load cannot read fails in many ways (unpickling, zip)
         if cached.is_file():
             raise _damaged_cache(init, cached, exc) from None
-        raise
+        raise ResnetlabError(f"--init {init}: could not download {model}'s ImageNet weights from {url} "
+                             f"({first_line(exc)[:160]}); {instead}") from None
+    finally:
+        # torch.hub removes its partial file on most failures, not all (one before the transfer starts): whatever
+        # partial file this call left goes, so that a failure leaves nothing in the cache.
+        for leftover in set(cached.parent.glob(f"{cached.name}.*.partial")) - partial_before:
+            leftover.unlink(missing_ok=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise _damaged_cache(init, cached, TypeError(f"found a {type(state).__name__}, not a state dict"))
     return state
