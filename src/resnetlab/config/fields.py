@@ -402,9 +402,13 @@ def check_init_file(config: TrainConfig) -> TrainConfig:
     its weights in its train state and no longer needs the file.
     """
     if config.init is not None and config.init not in INIT_SCHEMES and not Path(config.init).is_file():
-        raise ResnetlabError(f"--init {config.init}: no such file; give default, xavier, imagenet, or a "
-                             ".safetensors/.pth weight file")
+        raise no_such_init_file(config.init)
     return config
+
+
+def no_such_init_file(path: str | os.PathLike[str]) -> ResnetlabError:
+    """The one line for an ``--init`` that is neither a named initialisation nor a file (checked early and on reading)."""
+    return ResnetlabError(f"--init {path}: no such file; give default, xavier, imagenet, or a .safetensors/.pth weight file")
 
 
 def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:

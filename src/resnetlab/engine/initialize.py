@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..config.fields import INIT_SCHEMES
+from ..config.fields import INIT_SCHEMES, no_such_init_file
 from ..errors import ResnetlabError, first_line
 from ..models import create_model
-from ..models.pretrained import imagenet_state_dict, is_pretrained_init
+from ..models.pretrained import is_pretrained_init
 from ..models.probe import blank_batch, evaluating
-from ..models.transfer import InitReport, fit_state_dict, head_name
+from ..models.transfer import InitReport, fit_state_dict, head_name, load_published_weights
 from ..util.compat import BatchNormBase
 from ..util.log import Log
 from .state import load_tensors_only
@@ -41,7 +41,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ResnetlabError(f"--init {path}: no such file; give default, xavier, imagenet, or a .safetensors/.pth weight file")
+        raise no_such_init_file(path)
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".safetensors" or (len(head) == 8 and not head.startswith(b"PK") and head[:1] != b"\x80"):
@@ -67,13 +67,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], non_strict: bool = False) -> InitReport:
     """Copy the weights of the file ``path`` into ``model`` as far as they fit (``models/transfer.py``)."""
     return fit_state_dict(model, read_state_dict(path), str(path), non_strict=non_strict)
-
-
-def load_pretrained_weights(model: nn.Module, init: str) -> InitReport:
-    """Copy the published ImageNet weights ``init`` names (``imagenet``, ``imagenet-v2``) into ``model``."""
-    name = getattr(model, "model_name", type(model).__name__)
-    state = imagenet_state_dict(name, init)
-    return fit_state_dict(model, state, f"{init} ({name})", flag="--init")
 
 
 def freeze_backbone(model: nn.Module) -> list[str]:
@@ -125,7 +118,7 @@ def build_model(config: RunConfig, in_channels: int, num_classes: int, log: Log 
     if config.init == "xavier":
         xavier_init(model)
     elif is_pretrained_init(config.init) and log is not None:
-        log(load_pretrained_weights(model, config.init).table())
+        log(load_published_weights(model, config.init).table())
     elif config.init not in INIT_SCHEMES and log is not None:
         log(load_initial_weights(model, config.init, non_strict=config.init_non_strict).table())
     if config.freeze_backbone:

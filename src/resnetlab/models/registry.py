@@ -106,11 +106,11 @@ def create_model(name: str, pretrained: bool | str = False, **kwargs: object) ->
     model.model_name = name
     model.model_args = dict(kwargs)
     if pretrained:
-        from .pretrained import PRETRAINED_INITS, imagenet_state_dict
-        from .transfer import fit_state_dict
+        from .pretrained import PRETRAINED_INITS
+        from .transfer import load_published_weights
 
         init = "imagenet" if pretrained is True else pretrained
         if init not in PRETRAINED_INITS:
             raise ResnetlabError(f"pretrained={pretrained!r}: give True, 'imagenet' or 'imagenet-v2'")
-        fit_state_dict(model, imagenet_state_dict(name, str(init)), f"({name}, {init})", flag="pretrained weights")
+        load_published_weights(model, str(init), flag="pretrained weights")
     return model

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ResnetlabError
 from ..util.compat import WRAPPER_KEY_PREFIXES
+from .pretrained import imagenet_state_dict
 from .registry import list_models, model_spec
 
 
@@ -140,6 +141,12 @@ def fit_state_dict(model: nn.Module, source: dict[str, torch.Tensor], label: str
         )
     model.load_state_dict(new_state, strict=False)
     return report
+
+
+def load_published_weights(model: nn.Module, init: str, flag: str = "--init") -> InitReport:
+    """Copy the published ImageNet weights ``init`` names (``imagenet``, ``imagenet-v2``) into the registry ``model``."""
+    name = getattr(model, "model_name", type(model).__name__)
+    return fit_state_dict(model, imagenet_state_dict(name, init), f"{init} ({name})", flag=flag)
 
 
 def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
