@@ -292,3 +292,22 @@ def test_the_folder_preset_says_its_fine_tuning_recipe_and_a_slower_backbone_can
     assert rates[id(model.conv1.weight)] == pytest.approx(slow.lr * 0.1)
     assert rates[id(model.layer4[1].bn2.bias)] == pytest.approx(slow.lr * 0.1)
     assert len(rates) == sum(1 for _ in model.parameters())  # every parameter learns, once
+
+
+@pytest.mark.parametrize("side, file_stem, size_stem", [(12, "imagenet", "small"), (32, "small", "imagenet")])
+def test_a_weight_files_stem_decides_a_stem_left_to_the_data(side, file_stem, size_stem, tmp_path, capsys):
+    # On the CPU the folder rule gives images of 16 px or less the small stem (3x3 conv1), larger ones the ImageNet
+    # stem (7x7): a file trained with the other stem fits only that one, so its conv1 decides, and the run says so.
+    source = tmp_path / "source.pth"
+    torch.save(create_model("resnet18", in_channels=3, num_classes=1000, stem=file_stem).state_dict(), source)
+    root = write_shape_folder(tmp_path / "shapes", per_class=4, sizes=(side,))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--init", str(source), "--out", str(out), "--epochs", "1",
+                 "--time-budget", "0", "--no-tensorboard"]) == 0
+    printed = capsys.readouterr().out
+    assert (f"--init {source}: its first convolution is the {file_stem} stem's, so the {file_stem} stem "
+            f"(at {side} px the {size_stem} stem would have been chosen)") in printed
+    assert json.loads((out / "config.json").read_text())["model_args"] == {"stem": file_stem}
+    # A stem the user gave is theirs: the file must fit it, and a misfit is one line.
+    one_line_error(capsys, ["train", "--data", str(root), "--init", str(source), "--model-args",
+                            json.dumps({"stem": size_stem}), "--epochs", "1", "--time-budget", "0"], str(source))

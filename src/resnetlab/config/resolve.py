@@ -107,11 +107,12 @@ def plan(given: TrainConfig) -> Plan:
     return Plan(config=config, typed=frozenset(given.given()), device=device, note=note)
 
 
-def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None) -> Resolved:
+def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None, init_stem: str | None = None) -> Resolved:
     """Stage two: decide what the data decide, then the rest; check; return the run's configuration.
 
     ``device``: this process's own device (under torchrun its CUDA card; default the plan's),
-    whose memory decides the feed. Only a value the user gave can be refused.
+    whose memory decides the feed. ``init_stem``: the stem the ``--init`` file's weights were
+    trained with, which a stem left to ``auto`` takes. Only a value the user gave can be refused.
     """
     device = device if device is not None else first.device
     config = first.config
@@ -145,7 +146,12 @@ def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None) -
     config = with_base_defaults(config)
     args = dict(config.model_args)
     if args.get("stem") == "auto":
-        args["stem"] = stem_for(config.image_size, first.device)
+        args["stem"] = by_size = stem_for(config.image_size, first.device)
+        if init_stem is not None and init_stem != by_size:
+            # The file's first convolution only fits the stem it was trained with.
+            args["stem"] = init_stem
+            lines.append(f"--init {config.init}: its first convolution is the {init_stem} stem's, so the {init_stem} stem "
+                         f"(at {config.image_size} px the {by_size} stem would have been chosen)")
     config = config.replace(model_args=args, data=str(facts.source.resolve()))
     validate(config)
     if config.batch_size > facts.train_images:

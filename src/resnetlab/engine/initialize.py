@@ -26,7 +26,7 @@ from ..errors import ResnetlabError, first_line
 from ..models import create_model
 from ..models.pretrained import is_pretrained_init
 from ..models.probe import blank_batch, evaluating
-from ..models.transfer import InitReport, fit_state_dict, head_name, load_published_weights
+from ..models.transfer import InitReport, fit_state_dict, head_name, load_published_weights, stem_of
 from ..util.compat import BatchNormBase
 from ..util.log import Log
 from .state import load_tensors_only
@@ -62,6 +62,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ResnetlabError(f"--init {path}: expected a state dict (names to tensors), found {type(obj).__name__}")
     return obj
+
+
+def stem_of_init_file(init: str | None) -> str | None:
+    """The stem the ``--init`` weight file was trained with (its conv1 kernel), or None: not a file, or not telling."""
+    if init is None or init in INIT_SCHEMES or is_pretrained_init(init):
+        return None
+    return stem_of(read_state_dict(init))
 
 
 def load_initial_weights(model: nn.Module, path: str | os.PathLike[str], non_strict: bool = False) -> InitReport:

@@ -30,7 +30,7 @@ from ..util.log import Log, silent, warn_stderr
 from ..util.runtime import Precision, configure_backends, seed_everything
 from ..weights import Preprocess
 from .distributed import Dist, convert_sync_batchnorm, wrap_ddp
-from .initialize import build_model
+from .initialize import build_model, stem_of_init_file
 from .run_folder import RunFolder
 from .schedule import make_optimizer, make_scheduler
 from .state import STATE_FILE, Progress, check_same_data, restore_train_state
@@ -99,7 +99,8 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     train, val, test, source = load_data(first, warn=warn_stderr if dist.is_main else silent)
     facts = DataFacts(kind=dataset_kind(first.config.data), source=source, train_images=len(train),
                       side=int(train.shape[-1]), num_classes=len(train.class_names), nbytes=sum(split.nbytes for split in (train, val, test) if split is not None))
-    resolved = resolve(first, facts, device)
+    init_stem = stem_of_init_file(first.config.init) if state is None and module is None else None
+    resolved = resolve(first, facts, device, init_stem)
     config = resolved.config
     for line in resolved.lines if state is None else []:
         log(line)

@@ -149,6 +149,18 @@ def load_published_weights(model: nn.Module, init: str, flag: str = "--init") ->
     return fit_state_dict(model, imagenet_state_dict(name, init), f"{init} ({name})", flag=flag)
 
 
+# The family's first convolution (conv1) by stem: a 7x7 kernel is the ImageNet stem, a 3x3 one the small stem.
+STEM_BY_KERNEL = {7: "imagenet", 3: "small"}
+
+
+def stem_of(state: dict[str, torch.Tensor]) -> str | None:
+    """The stem a family network's weights were trained with, read from ``conv1.weight``'s kernel; None if not told."""
+    weight = strip_prefixes(state).get("conv1.weight")
+    if weight is None or weight.dim() != 4:
+        return None
+    return STEM_BY_KERNEL.get(int(weight.shape[-1]))
+
+
 def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
     """A first-conv kernel [O, C_src, k, k] made for ``channels`` inputs (timm's ``adapt_input_conv``).
 
