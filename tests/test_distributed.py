@@ -27,13 +27,14 @@ from helpers import SIGNAL_CHILD, signal_child_env, wait_for
 pytestmark = pytest.mark.multiprocess
 
 
-def torchrun(*args: str, nproc: int = 2, script: Path | None = None, env: dict | None = None) -> subprocess.Popen:
-    """``torchrun -m resnetlab train ARGS``, or with ``script`` (a file holding helpers.SIGNAL_CHILD) instead of the module."""
+def torchrun(*args: str, nproc: int = 2, script: Path | None = None, env: dict | None = None,
+             command: str = "train") -> subprocess.Popen:
+    """``torchrun -m resnetlab COMMAND ARGS``, or with ``script`` (a file holding helpers.SIGNAL_CHILD) instead of the module."""
     env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": "1"}
     program = [str(script)] if script is not None else ["-m", "resnetlab"]
     return subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-         *program, "train", *args],
+         *program, command, *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -216,3 +217,17 @@ def test_two_nodes_train_what_one_process_trains_and_resume_after_sigterm(tiny_d
     assert list(nodes[1].iterdir()) == []
     a, b = load_file(str(tmp_path / "two" / "last.safetensors")), load_file(str(run / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same two nodes, stopped and resumed: the same bits
+
+
+def test_lr_find_under_torchrun_steps_every_rank_and_rank_0_draws(tiny_data, tmp_path):
+    proc = torchrun("--data", str(tiny_data), "--model", "resnet18", "--model-args", '{"stem": "small"}',
+                    "--limit-train", "300", "--val-split", "100", "--batch-size", "50", "--precision", "fp32",
+                    "--steps", "6", "--end-lr", "1", "--plot", str(tmp_path / "curve.png"), "--out", str(tmp_path / "runs"),
+                    command="lr-find")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert out.count("lr-find: suggested lr") == 1  # one report, from rank 0
+    assert "batch 50, sgd, fp32, 2 processes (the global batch split among them)" in out
+    assert "lr-find: 6 steps from lr 1e-07 to 1" in out
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "runs").exists()  # nothing trained is kept, by any rank

@@ -191,7 +191,9 @@ def lr_find(config: TrainConfig, log: Log = print, *, module: nn.Module | None =
 
     try:
         run.log(f"lr-find: {run.config.model} on {loader.num_examples:,} images, batch {run.config.batch_size}, "
-                f"{run.config.optimizer}, {run.precision.name}; lr from {start_lr:g} to {end_lr:g} in {steps} steps")
+                f"{run.config.optimizer}, {run.precision.name}"
+                + (f", {run.dist.world_size} processes (the global batch split among them)" if run.dist.enabled else "")
+                + f"; lr from {start_lr:g} to {end_lr:g} in {steps} steps")
         result = range_test(run.training, batches(), start_lr=start_lr, end_lr=end_lr, steps=steps,
                             distributed=run.dist.enabled)
         for line in result.lines():
