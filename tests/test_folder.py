@@ -222,6 +222,16 @@ def test_init_refuses_a_hostile_pth(tmp_path, capsys, tiny_data):
     one_line_error(capsys, ["train", "--init", str(tmp_path / "absent.pth")], "--init", "no such file")
 
 
+def test_init_names_a_value_that_is_not_a_tensor(tmp_path, capsys, tiny_data):
+    # Plain containers pass weights_only; a state dict must still hold only tensors, and the line says which does not.
+    state = {**create_model("resnet18", num_classes=10, in_channels=1).state_dict(), "epoch": 7}
+    torch.save(state, tmp_path / "with-epoch.pth")
+    one_line_error(capsys, ["train", "--data", str(tiny_data), "--init", str(tmp_path / "with-epoch.pth"), "--epochs",
+                            "1", "--model", "resnet18", "--val-split", "100", "--batch-size", "50", "--out", str(tmp_path / "r")],
+                   "expected a state dict (names to tensors), but 'epoch' is not a tensor (int); save the model's state_dict alone")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_freeze_backbone_trains_only_the_head(shapes_split, tmp_path):
     _tiny_fmnist_checkpoint(tmp_path / "start.safetensors")

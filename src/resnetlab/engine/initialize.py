@@ -59,8 +59,12 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict):
         raise ResnetlabError(f"--init {path}: expected a state dict (names to tensors), found {type(obj).__name__}")
+    other = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if other is not None:
+        raise ResnetlabError(f"--init {path}: expected a state dict (names to tensors), but {str(other)!r} is not a tensor "
+                             f"({type(obj[other]).__name__}); save the model's state_dict alone")
     return obj
 
 
