@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 data:
 	@bash scripts/ensure-data.sh
 
-# Everything (about 15 minutes on 2 cores, set-up included; about 20 on one core); CI runs this.
+# Everything (about 17 minutes on 2 cores, set-up included; about 24 on one core); CI runs this.
 test: setup
 	@bash scripts/ensure-data.sh --optional
 	$(BIN)/python -m pytest -q
