@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -107,12 +107,14 @@ def plan(given: TrainConfig) -> Plan:
     return Plan(config=config, typed=frozenset(given.given()), device=device, note=note)
 
 
-def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None, init_stem: str | None = None) -> Resolved:
+def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None,
+            init_stem: Callable[[], str | None] | None = None) -> Resolved:
     """Stage two: decide what the data decide, then the rest; check; return the run's configuration.
 
     ``device``: this process's own device (under torchrun its CUDA card; default the plan's),
-    whose memory decides the feed. ``init_stem``: the stem the ``--init`` file's weights were
-    trained with, which a stem left to ``auto`` takes. Only a value the user gave can be refused.
+    whose memory decides the feed. ``init_stem``: reads the stem the ``--init`` file's weights were
+    trained with (None: not telling), which a stem left to ``auto`` takes; called only for such a
+    stem, so the file is read only where it decides something. Only a value the user gave can be refused.
     """
     device = device if device is not None else first.device
     config = first.config
@@ -147,10 +149,11 @@ def resolve(first: Plan, facts: DataFacts, device: torch.device | None = None, i
     args = dict(config.model_args)
     if args.get("stem") == "auto":
         args["stem"] = by_size = stem_for(config.image_size, first.device)
-        if init_stem is not None and init_stem != by_size:
+        file_stem = init_stem() if init_stem is not None else None
+        if file_stem is not None and file_stem != by_size:
             # The file's first convolution only fits the stem it was trained with.
-            args["stem"] = init_stem
-            lines.append(f"--init {config.init}: its first convolution is the {init_stem} stem's, so the {init_stem} stem "
+            args["stem"] = file_stem
+            lines.append(f"--init {config.init}: its first convolution is the {file_stem} stem's, so the {file_stem} stem "
                          f"(at {config.image_size} px the {by_size} stem would have been chosen)")
     config = config.replace(model_args=args, data=str(facts.source.resolve()))
     validate(config)

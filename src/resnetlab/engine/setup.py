@@ -99,9 +99,8 @@ def set_up(given: TrainConfig, log: Log, *, out: str | None = None, run_dir: Pat
     train, val, test, source = load_data(first, warn=warn_stderr if dist.is_main else silent)
     facts = DataFacts(kind=dataset_kind(first.config.data), source=source, train_images=len(train),
                       side=int(train.shape[-1]), num_classes=len(train.class_names), nbytes=sum(split.nbytes for split in (train, val, test) if split is not None))
-    # Only a stem left to the data ("auto": class folders, or asked for) can follow the --init file's.
-    auto_stem = facts.kind == "folder" or (first.config.model_args or {}).get("stem") == "auto"
-    init_stem = stem_of_init_file(first.config.init) if auto_stem and state is None and module is None else None
+    # A new run's stem left to the data follows the --init file's (resolve reads it only for such a stem).
+    init_stem = (lambda: stem_of_init_file(first.config.init)) if state is None and module is None else None
     resolved = resolve(first, facts, device, init_stem)
     config = resolved.config
     for line in resolved.lines if state is None else []:
